@@ -1,0 +1,1 @@
+"""Compression pipeline for LLaMA-family models: depth pruning, WANDA, LoRA, GPTQ, EoRA."""

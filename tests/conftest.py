@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny random LLaMA checkpoint, real text, and the path to ../shared/data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmshrink import models
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TINY_DIMS = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["tiny"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny random LLaMA (float32) with the embedded model's tokenizer."""
+    path = tmp_path_factory.mktemp("tiny")
+    model, tokenizer = models.tiny_model(TINY_DIMS, seed=0)
+    models.save(model, tokenizer, path, "float32")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real embedded SmolLM2-135M-Instruct saved as a float32 safetensors checkpoint."""
+    path = tmp_path_factory.mktemp("embedded")
+    model, tokenizer = models.load_embedded()
+    models.save(model, tokenizer, path, "float32")
+    return path
+
+
+@pytest.fixture(scope="session")
+def prose() -> str:
+    """Real English prose from the standard library's documentation (offline)."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the checkout (WikiText-2, TriviaQA); skip when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA

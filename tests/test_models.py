@@ -1,0 +1,90 @@
+"""prepare_model: the tiny, embedded, local and hub sources, the architecture check, atomic output."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config
+
+from llmshrink import models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_stage(tmp_path: Path, params: str) -> subprocess.CompletedProcess:
+    """Run stages/prepare_model.py in `tmp_path` with the given params.yaml text."""
+    (tmp_path / "params.yaml").write_text(params)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "prepare_model.py")], cwd=tmp_path, capture_output=True, text=True
+    )
+
+
+def test_tiny_round_trip(tiny_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    fresh, tokenizer = models.tiny_model(
+        {k: getattr(model.config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                "num_attention_heads", "num_key_value_heads")}, seed=0)
+    ids = AutoTokenizer.from_pretrained(tiny_dir)("Hello world, this is a test.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, fresh.eval()(ids).logits)
+    size = sum(f.stat().st_size for f in tiny_dir.glob("*.safetensors"))
+    assert size < 16e6
+    assert model.config.num_hidden_layers == 8
+
+
+def test_tiny_is_deterministic() -> None:
+    dims = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1}
+    a, _ = models.tiny_model(dims, seed=3)
+    b, _ = models.tiny_model(dims, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_embedded_model_knows_paris(embedded_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(embedded_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def test_local_source_and_missing_path(tiny_dir: Path, tmp_path: Path) -> None:
+    model, _ = models.load_local(tiny_dir)
+    assert model.config.num_hidden_layers == 8
+    with pytest.raises(FileNotFoundError, match="model.local_path"):
+        models.load_local(tmp_path / "nowhere")
+
+
+def test_non_llama_architecture_is_refused(tmp_path: Path) -> None:
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not supported.*LlamaForCausalLM"):
+        models.check_architecture(AutoConfig.from_pretrained(tmp_path))
+    with pytest.raises(ValueError, match="gpt2"):
+        models.load_local(tmp_path)
+
+
+def test_hub_unreachable_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="model.hub_id"):
+        models.load_hub("meta-llama/Llama-3.2-1B-Instruct-does-not-exist")
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ("seed: 0\nmodel: {source: nowhere, dtype: bfloat16}\n", "model.source='nowhere'"),
+        ("seed: 0\nmodel: {source: local, local_path: /nonexistent, dtype: bfloat16}\n", "model.local_path"),
+        ("seed: 0\nmodel: {source: tiny, dtype: float8}\n", "model.dtype='float8'"),
+    ],
+)
+def test_bad_params_fail_without_output(tmp_path: Path, params: str, message: str) -> None:
+    done = run_stage(tmp_path, params)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
