@@ -1,0 +1,82 @@
+"""The DVC wiring itself: `dvc repro` of the whole pipeline on the tiny model in a temporary git repo."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["prepare_model", "prepare_data", "score_layers", "depth_prune", "width_prune", "lora",
+          "quantize", "eora", "evaluate@base", "evaluate@eora", "report", "explore_layers"]
+TINY_OVERRIDES = {
+    "model": {"source": "tiny", "dtype": "float32"},
+    "prune": {"samples": 2, "seq_len": 64, "layers": 2},
+    "wanda": {"samples": 4, "seq_len": 64},
+    "lora": {"steps": 3, "batch_size": 2, "seq_len": 64},
+    "gptq": {"group_size": 32, "samples": 4, "seq_len": 64},
+    "eora": {"samples": 4, "seq_len": 64},
+    "eval": {"max_windows": 2, "limit": 4, "max_new_tokens": 4, "speed_prompt_tokens": 16, "speed_new_tokens": 4},
+    "explore": {"configs": {"base": {}, "skip": {"skip": [5, 6]}, "repeat": {"repeat": {4: 2}}}},
+}
+
+
+def sh(cwd: Path, *args: str) -> str:
+    """Run a command (dvc from this interpreter's environment); fail the test with its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project in a fresh git repo, params set for the tiny model, reproduced once."""
+    repo = tmp_path_factory.mktemp("repo")
+    for name in ["dvc.yaml", "params.yaml", "stages", "llmshrink", ".dvc", ".dvcignore", ".gitignore"]:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
+    shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
+    shutil.rmtree(repo / ".dvc" / "tmp", ignore_errors=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in TINY_OVERRIDES.items():
+        params[section].update(values)
+    params["explore"]["configs"] = TINY_OVERRIDES["explore"]["configs"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    out = sh(repo, "dvc", "repro")
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in out, stage
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro")
+    return repo
+
+
+def test_repro_is_up_to_date_and_idempotent(repo: Path) -> None:
+    assert "up to date" in sh(repo, "dvc", "status")
+    assert "Running stage" not in sh(repo, "dvc", "repro")
+    assert (repo / "models" / "depth" / "config.json").is_file()
+    assert yaml.safe_load((repo / "models" / "depth" / "config.json").read_text())["num_hidden_layers"] == 6
+
+
+def test_metrics_show_lists_every_checkpoint(repo: Path) -> None:
+    out = sh(repo, "dvc", "metrics", "show")
+    for name in ["base", "depth", "width", "lora", "gptq", "eora"]:
+        assert f"metrics/eval/{name}.json" in out
+
+
+def test_changing_prune_layers_does_not_rescore(repo: Path) -> None:
+    out = sh(repo, "dvc", "exp", "run", "-S", "prune.layers=1")
+    assert "Running stage 'depth_prune'" in out
+    assert "Running stage 'evaluate@depth'" in out
+    assert "Running stage 'score_layers'" not in out
+    assert "Running stage 'prepare_model'" not in out
+    assert "Running stage 'evaluate@base'" not in out
+    diff = sh(repo, "dvc", "exp", "diff")
+    assert "prune.layers" in diff and "metrics/eval/depth.json" in diff
