@@ -64,7 +64,8 @@ def split_pool(text_blocks: list[str], calibration_share: float, max_chars: int)
 
 def embedded(p: dict[str, Any]) -> TextSets:
     """No network: the Python documentation shipped with the standard library (PSF licence) as prose,
-    split by topic so held-out, calibration and fine-tuning text never overlap; and the project's own
+    split by topic (paragraphs shared with held-out topics dropped) so held-out, calibration and
+    fine-tuning text never overlap; and the project's own
     general-knowledge QA set with open-book contexts."""
     from pydoc_data.topics import topics
 
@@ -72,7 +73,9 @@ def embedded(p: dict[str, Any]) -> TextSets:
     random.Random(p["seed"]).shuffle(names)
     n_held = round(len(names) * p["heldout_share"])
     held = [topics[n].strip() for n in names[:n_held]]
-    pool = [topics[n].strip() for n in names[n_held:]]
+    held_paragraphs = {p.strip() for t in held for p in t.split("\n\n")}
+    pool = [p.strip() for n in names[n_held:] for p in topics[n].split("\n\n")]
+    pool = [p for p in dict.fromkeys(pool) if p and p not in held_paragraphs]
     calibration, finetune = split_pool(pool, p["calibration_share"], p["max_chars"])
     path = resources.files("llmshrink") / "resources" / "qa_embedded.jsonl"
     raw = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
