@@ -72,7 +72,9 @@ def load_embedded(wheel: str = EMBEDDED_WHEEL) -> tuple[PreTrainedModel, Any]:
     gguf = embedded_gguf(wheel)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     check_architecture(loaded.config)
-    config = LlamaConfig.from_dict(loaded.config.to_dict())
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)  # the GGUF's; the saved weights are plain floats
+    config = LlamaConfig.from_dict(config)
     model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config

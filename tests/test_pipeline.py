@@ -21,7 +21,8 @@ TINY_OVERRIDES = {
     "gptq": {"group_size": 32, "samples": 4, "seq_len": 64},
     "eora": {"samples": 4, "seq_len": 64},
     "eval": {"max_windows": 2, "limit": 4, "max_new_tokens": 4, "speed_prompt_tokens": 16, "speed_new_tokens": 4},
-    "explore": {"configs": {"base": {}, "skip": {"skip": [5, 6]}, "repeat": {"repeat": {4: 2}}}},
+    "explore": {"max_windows": 2, "limit": 4,
+                "configs": {"base": {}, "skip": {"skip": [5, 6]}, "repeat": {"repeat": {4: 2}}}},
 }
 
 

@@ -1,0 +1,162 @@
+"""Run-time layer skip / repeat ("Franken-LLaMA"): named layer orders applied to a loaded model, no checkpoints.
+
+A configuration (params `explore.configs.<name>`) maps to the order in which the original decoder layers run:
+- `keep`: `all` (default), `even` (0, 2, 4, ...), `odd` (1, 3, ...) or an explicit list of layer indices;
+- `skip`: layer indices removed from that order;
+- `repeat`: `{layer: count}`, the layer run `count` times in a row (count >= 1).
+`{}` is the base model. The order is applied with `llmshrink.depth.layers_kept`, which gives every position
+(a repeated layer included) its own `layer_idx`, hence its own KV-cache slot.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from typing import Any, Sequence
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from llmshrink import qa
+from llmshrink.atomic import atomic_file
+from llmshrink.calib import tokenize
+from llmshrink.depth import layers_kept
+from llmshrink.evaluate import perplexity, windows
+from llmshrink.params import choice, in_range
+
+KEYS = ("keep", "skip", "repeat")
+KEEP = ("all", "even", "odd")
+COLUMNS = ("config", "layers", "order", "ppl", "exact_match", "match", "open_exact_match",
+           "seconds", "ppl_seconds", "ppl_tok_s")
+
+
+def _index(name: str, value: Any, n_layers: int) -> int:
+    """A layer index in [0, n_layers - 1] (digit strings accepted, as JSON/CLI keys are strings)."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be a layer index (integer)")
+    return int(in_range(name, value, 0, n_layers - 1))
+
+
+def _indices(name: str, value: Any, n_layers: int) -> list[int]:
+    if not isinstance(value, list):
+        raise ValueError(f"{name}={value!r} must be a list of layer indices")
+    return [_index(name, v, n_layers) for v in value]
+
+
+def layer_order(name: str, spec: dict[str, Any] | None, n_layers: int) -> list[int]:
+    """The original layer indices, in run order, of configuration `name`; ValueError naming
+    `explore.configs.<name>` for unknown keys, out-of-range indices or repeat counts < 1."""
+    where = f"explore.configs.{name}"
+    spec = {} if spec is None else spec
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}={spec!r} must be a mapping with keys among {list(KEYS)}")
+    unknown = sorted(map(str, set(spec) - set(KEYS)))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed {list(KEYS)}")
+    keep = spec.get("keep", "all")
+    if isinstance(keep, list):
+        order = _indices(f"{where}.keep", keep, n_layers)
+    else:
+        choice(f"{where}.keep", keep, KEEP)
+        order = [i for i in range(n_layers) if keep == "all" or i % 2 == (keep == "odd")]
+    skip = set(_indices(f"{where}.skip", spec.get("skip", []), n_layers))
+    repeat_spec = spec.get("repeat", {})
+    if not isinstance(repeat_spec, dict):
+        raise ValueError(f"{where}.repeat={repeat_spec!r} must be a mapping {{layer: count}}")
+    repeat = {}
+    for layer, count in repeat_spec.items():
+        i = _index(f"{where}.repeat", layer, n_layers)
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise ValueError(f"{where}.repeat.{i}={count!r} must be an integer")
+        repeat[i] = int(in_range(f"{where}.repeat.{i}", count, 1, math.inf))
+    order = [i for i in order if i not in skip]
+    dropped = sorted(set(repeat) - set(order))
+    if dropped:
+        raise ValueError(f"{where}.repeat: layer(s) {dropped} are skipped or not kept")
+    order = [i for i in order for _ in range(repeat.get(i, 1))]
+    if not order:
+        raise ValueError(f"{where} keeps no layer")
+    return order
+
+
+def check_params(p: dict[str, Any], n_layers: int) -> dict[str, list[int]]:
+    """Validate the `explore` params section before any heavy work; the layer order of every configuration."""
+    if not isinstance(p.get("sample_prompt"), str) or not p["sample_prompt"]:
+        raise ValueError(f"explore.sample_prompt={p.get('sample_prompt')!r} must be a non-empty string")
+    tokens = p.get("sample_tokens")
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
+        raise ValueError(f"explore.sample_tokens={tokens!r} must be an integer")
+    in_range("explore.sample_tokens", tokens, 1, math.inf)
+    configs = p.get("configs")
+    if not isinstance(configs, dict) or not configs:
+        raise ValueError(f"explore.configs={configs!r} must be a non-empty mapping of named configurations")
+    return {str(name): layer_order(str(name), spec, n_layers) for name, spec in configs.items()}
+
+
+def describe(order: Sequence[int]) -> str:
+    """A compact order: ascending runs as `a-b`, a layer run k times in a row as `ixk`, e.g. `0-13,14x2,15-29`."""
+    runs: list[list[int]] = []  # [layer, times]
+    for i in order:
+        if runs and runs[-1][0] == i:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, 1])
+    parts: list[list[int]] = []  # [first, last] of ascending single runs, or [layer, -times]
+    for i, times in runs:
+        if times == 1 and parts and parts[-1][1] >= 0 and parts[-1][1] == i - 1:
+            parts[-1][1] = i
+        else:
+            parts.append([i, i] if times == 1 else [i, -times])
+    return ",".join(f"{a}x{-b}" if b < 0 else str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
+@torch.no_grad()
+def sample(model: PreTrainedModel, tokenizer: Any, prompt: str, tokens: int) -> str:
+    """The greedy continuation of `prompt`, `tokens` new tokens at most (with the KV cache)."""
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = model.generate(**ids, max_new_tokens=tokens, do_sample=False, pad_token_id=pad_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def score(model: PreTrainedModel, tokenizer: Any, order: list[int], chunks: list[torch.Tensor],
+          records: list[dict[str, Any]], e: dict[str, Any], prompt: str, tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One configuration: perplexity on `chunks`, TriviaQA as the evaluate stage scores it (`eval` params `e`)
+    and a greedy sample, all timed; returns the table row (without the name) and the sample record."""
+    start = time.perf_counter()
+    with layers_kept(model, order):
+        ppl, n_tokens = perplexity(model, chunks, e["batch_size"], progress=False)
+        ppl_seconds = time.perf_counter() - start
+        trivia = qa.triviaqa(model, tokenizer, records, e["max_new_tokens"], e["batch_size"], e["chat_template"], e["limit"])
+        text = sample(model, tokenizer, prompt, tokens)
+    row = {"layers": len(order), "order": describe(order), "ppl": ppl, "exact_match": trivia["exact_match"],
+           "match": trivia["match"], "open_exact_match": trivia["open_exact_match"],
+           "seconds": time.perf_counter() - start, "ppl_seconds": ppl_seconds, "ppl_tok_s": n_tokens / ppl_seconds}
+    answers = [{"question": s["question"], "gold": s["answer"], "generated": s["generated"]} for s in trivia["samples"]]
+    return row, {"order": row["order"], "sample": text, "triviaqa": answers}
+
+
+def explore(model: PreTrainedModel, tokenizer: Any, orders: dict[str, list[int]], text: str,
+            records: list[dict[str, Any]], e: dict[str, Any], prompt: str, tokens: int) -> tuple[list[dict], dict]:
+    """Score every configuration on the same perplexity windows (`eval.seq_len`, capped at `eval.max_windows`)
+    and questions; the table rows and `{"prompt": ..., "configs": {name: sample record}}`."""
+    model.eval()
+    chunks = windows(tokenize(tokenizer, text), e["seq_len"], e["max_windows"])
+    rows, samples = [], {}
+    for name, order in tqdm(orders.items(), desc="configs"):
+        row, samples[name] = score(model, tokenizer, order, chunks, records, e, prompt, tokens)
+        rows.append({"config": name, **row})
+        tqdm.write(f"{name:>24}: {row['layers']:3d} layers, ppl {row['ppl']:9.3f}, "
+                   f"EM {row['exact_match']:.3f}, {row['seconds']:.1f} s | {samples[name]['sample']!r}")
+    return rows, {"prompt": prompt, "sample_tokens": tokens, "configs": samples}
+
+
+def write_table(rows: list[dict[str, Any]], path: str) -> None:
+    """The rows as CSV with the `COLUMNS` header, atomically."""
+    with atomic_file(path) as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,216 @@
+"""LoRA healing (Hu et al. 2021) of a pruned model, merged back into its weights.
+
+Each target linear layer W (frozen) gets a trainable low-rank update, h = W x + (alpha / r) * B A x with
+A: r x in, B: out x r (B starts at zero); after training the update is merged, W' = W + (alpha / r) * B A.
+The merge is dense, so it fills in the zeros WANDA made; with `keep_sparsity` the positions that were
+exactly zero in W are zeroed again in W' (W' <- W' * M, M = [W != 0]).
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from llmshrink.calib import token_windows
+from llmshrink.data import read_qa
+from llmshrink.params import choice, in_range
+from llmshrink.qa import prompt
+
+DATASETS = {"wikitext": "finetune.txt", "triviaqa": "qa_train.jsonl"}
+IGNORE = -100  # label of tokens that carry no loss
+
+
+@dataclass
+class Batch:
+    """One micro-batch: token ids, labels (IGNORE where no loss) and the attention mask, all [B, T]."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def validate(p: dict[str, Any]) -> None:
+    """Raise a ValueError naming the first bad `lora.*` parameter."""
+    choice("lora.dataset", p["dataset"], DATASETS)
+    for name in ("enabled", "keep_sparsity"):
+        choice(f"lora.{name}", p[name], (True, False))
+    for name in ("rank", "steps", "batch_size", "grad_accum", "seq_len", "seed"):
+        if not isinstance(p[name], int) or isinstance(p[name], bool):
+            raise ValueError(f"lora.{name}={p[name]!r} must be an integer")
+    in_range("lora.rank", p["rank"], 1, math.inf)
+    in_range("lora.steps", p["steps"], 1, math.inf)
+    in_range("lora.batch_size", p["batch_size"], 1, math.inf)
+    in_range("lora.grad_accum", p["grad_accum"], 1, math.inf)
+    in_range("lora.seq_len", p["seq_len"], 2, math.inf)
+    in_range("lora.dropout", p["dropout"], 0.0, 1.0, high_open=True)
+    if not p["alpha"] > 0:
+        raise ValueError(f"lora.alpha={p['alpha']!r} must be > 0")
+    if not p["lr"] > 0:
+        raise ValueError(f"lora.lr={p['lr']!r} must be > 0")
+    if not p["targets"] or not isinstance(p["targets"], list):
+        raise ValueError(f"lora.targets={p['targets']!r} must be a non-empty list of module names")
+
+
+def check_targets(model: PreTrainedModel, targets: list[str]) -> None:
+    """Raise a ValueError naming `lora.targets` if a target names no linear layer of the model."""
+    present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for t in targets:
+        choice("lora.targets", t, sorted(present - {"lm_head"}))
+
+
+def qa_example(record: dict[str, Any]) -> tuple[str, str]:
+    """Prompt (the evaluator's closed-book `qa.prompt`) and completion of one QA record:
+    "Question: ...\\nAnswer:" + " <answer>\\n"."""
+    return prompt(record), f" {record['answer']}\n"
+
+
+def text_batches(tokenizer: Any, text: str, p: dict[str, Any]) -> list[Batch]:
+    """`steps * grad_accum` micro-batches of random `seq_len` windows of the text; loss on every token."""
+    n = p["steps"] * p["grad_accum"]
+    ids = token_windows(tokenizer, text, n * p["batch_size"], p["seq_len"], p["seed"])
+    return [Batch(w, w.clone(), torch.ones_like(w)) for w in ids.view(n, p["batch_size"], p["seq_len"])]
+
+
+def qa_batches(tokenizer: Any, records: list[dict[str, Any]], p: dict[str, Any]) -> list[Batch]:
+    """`steps * grad_accum` micro-batches of QA records drawn at random (seeded), right-padded;
+    loss on the answer tokens only (the prompt is what the model is given at evaluation)."""
+    if not records:
+        raise ValueError("lora.dataset='triviaqa' needs QA training records, but qa_train.jsonl is empty")
+    examples = []
+    for r in records:
+        prompt_ids, answer = (tokenizer(s, add_special_tokens=False)["input_ids"] for s in qa_example(r))
+        ids = (prompt_ids + answer)[-p["seq_len"] :]
+        labels = ([IGNORE] * len(prompt_ids) + answer)[-p["seq_len"] :]
+        examples.append((ids, labels))
+    g = torch.Generator().manual_seed(p["seed"])
+    picks = torch.randint(0, len(examples), (p["steps"] * p["grad_accum"], p["batch_size"]), generator=g)
+    batches = []
+    for row in picks.tolist():
+        chosen = [examples[i] for i in row]
+        width = max(len(ids) for ids, _ in chosen)
+        pad = [width - len(ids) for ids, _ in chosen]
+        ids = [ids + [tokenizer.pad_token_id] * k for (ids, _), k in zip(chosen, pad)]
+        labels = [lab + [IGNORE] * k for (_, lab), k in zip(chosen, pad)]
+        mask = [[1] * (width - k) + [0] * k for k in pad]
+        batches.append(Batch(torch.tensor(ids), torch.tensor(labels), torch.tensor(mask)))
+    return batches
+
+
+def training_batches(tokenizer: Any, data_dir: str | Path, p: dict[str, Any]) -> list[Batch]:
+    """The micro-batches of `lora.dataset`, read from the pipeline's data folder."""
+    path = Path(data_dir) / DATASETS[p["dataset"]]
+    if not path.is_file():
+        raise FileNotFoundError(f"lora.dataset={p['dataset']!r} needs {path}, which does not exist")
+    if p["dataset"] == "wikitext":
+        return text_batches(tokenizer, path.read_text(encoding="utf-8"), p)
+    return qa_batches(tokenizer, read_qa(path), p)
+
+
+def target_weights(model: torch.nn.Module, targets: list[str]) -> dict[str, torch.Tensor]:
+    """The weights of the target linear layers (not LoRA's own A/B), by module name."""
+    return {
+        name: m.weight
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets
+    }
+
+
+def sparsity(weights: dict[str, torch.Tensor]) -> float:
+    """Share of exactly-zero entries over all given weights."""
+    zeros = sum(int((w == 0).sum()) for w in weights.values())
+    return zeros / sum(w.numel() for w in weights.values())
+
+
+def device_and_autocast() -> tuple[torch.device, torch.dtype | None]:
+    """The GPU with bfloat16 autocast where available, else the CPU in float32."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.device("cpu"), None
+
+
+def train(model: PeftModel, batches: list[Batch], p: dict[str, Any], progress: bool = True) -> list[float]:
+    """AdamW on the adapter weights; one optimizer step per `grad_accum` micro-batches. Returns the loss per step."""
+    device, autocast = device_and_autocast()
+    model.to(device).train()
+    torch.manual_seed(p["seed"])  # LoRA dropout
+    optimizer = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=p["lr"])
+    losses = []
+    bar = tqdm(range(p["steps"]), desc="lora", unit="step", disable=not progress)
+    for step in bar:
+        total = 0.0
+        for b in batches[step * p["grad_accum"] : (step + 1) * p["grad_accum"]]:
+            ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
+            with ctx:
+                out = model(
+                    input_ids=b.input_ids.to(device),
+                    attention_mask=b.attention_mask.to(device),
+                    labels=b.labels.to(device),
+                )
+            (out.loss / p["grad_accum"]).backward()
+            total += out.loss.item() / p["grad_accum"]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(total)
+        bar.set_postfix(loss=f"{total:.4f}")
+    model.to("cpu").eval()
+    return losses
+
+
+@dataclass
+class Healed:
+    """The merged model, the loss per step and the run's metrics."""
+
+    model: PreTrainedModel
+    losses: list[float]
+    metrics: dict[str, Any]
+
+
+def heal(model: PreTrainedModel, batches: list[Batch], p: dict[str, Any], adapter_dir: str | Path,
+         progress: bool = True) -> Healed:
+    """Train a LoRA adapter on `batches`, save it to `adapter_dir`, merge it and (with `keep_sparsity`)
+    re-zero the positions that were zero in the target weights."""
+    check_targets(model, p["targets"])
+    weights = target_weights(model, p["targets"])
+    masks = {name: w != 0 for name, w in weights.items()}
+    before = sparsity(weights)
+    torch.manual_seed(p["seed"])  # initialisation of A
+    config = LoraConfig(
+        r=p["rank"], lora_alpha=p["alpha"], lora_dropout=p["dropout"], target_modules=p["targets"],
+        bias="none", task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    trainable = sum(w.numel() for w in peft_model.parameters() if w.requires_grad)
+    device, autocast = device_and_autocast()
+    start = time.perf_counter()
+    losses = train(peft_model, batches, p, progress)
+    seconds = time.perf_counter() - start
+    peft_model.save_pretrained(adapter_dir)
+    merged = peft_model.merge_and_unload()
+    weights = target_weights(merged, p["targets"])
+    if p["keep_sparsity"]:
+        with torch.no_grad():
+            for name, w in weights.items():
+                w.mul_(masks[name])
+    metrics = {
+        "dataset": p["dataset"],
+        "loss_on": "all tokens" if p["dataset"] == "wikitext" else "answer tokens",
+        "steps": p["steps"],
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "train_seconds": round(seconds, 2),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "dtype": f"{autocast} autocast".replace("torch.", "") if autocast else "float32",
+        "trainable_params": trainable,
+        "keep_sparsity": p["keep_sparsity"],
+        "sparsity_before": before,
+        "sparsity_after": sparsity(weights),
+    }
+    return Healed(merged, losses, metrics)

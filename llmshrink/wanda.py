@@ -1,0 +1,206 @@
+"""WANDA width pruning (Sun et al. 2023, "A Simple and Effective Pruning Approach for LLMs").
+
+Weight W_ij of a linear layer (output row i, input feature j) scores S_ij = |W_ij| · ‖X_j‖₂, with ‖X_j‖₂
+the L2 norm of input feature j over all calibration tokens. Within each output row the lowest scores
+are zeroed: N of every M consecutive inputs (N:M) or a share of the whole row (unstructured).
+Decoder layers are pruned in order, and the calibration activations reaching a layer are those of
+the already pruned layers before it, as in the reference implementation.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from llmshrink.models import decoder_layers
+from llmshrink.params import choice, in_range
+
+MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LayerInput = tuple[torch.Tensor, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated `wanda` params. `m` > 0: prune `n` of every `m` inputs; `m` == 0: prune `sparsity` of each row."""
+
+    n: int
+    m: int
+    sparsity: float
+    modules: tuple[str, ...]
+    dense_layers: tuple[int, ...]
+    samples: int
+    seq_len: int
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.n}:{self.m}" if self.m else "unstructured"
+
+    @property
+    def target(self) -> float:
+        """The share of each row's weights that is zeroed."""
+        return self.n / self.m if self.m else self.sparsity
+
+
+def _int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}={value!r} must be an integer")
+    return int(in_range(name, value, low, float("inf")))
+
+
+def settings(p: dict[str, Any]) -> Settings:
+    """Validate the `wanda` params section; every error names its parameter."""
+    pattern = p["pattern"]
+    n = m = 0
+    sparsity = 0.0
+    if pattern == "unstructured":
+        value = p["sparsity"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"wanda.sparsity={value!r} must be a number in [0, 1)")
+        sparsity = float(in_range("wanda.sparsity", value, 0, 1, high_open=True))
+    else:
+        found = re.fullmatch(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*", pattern) if isinstance(pattern, str) else None
+        if not found:
+            raise ValueError(f"wanda.pattern={pattern!r} is neither 'N:M' (a quoted string such as \"2:4\") "
+                             "nor 'unstructured'")
+        n, m = int(found[1]), int(found[2])
+        if not 0 <= n < m:
+            raise ValueError(f"wanda.pattern={pattern!r}: N:M needs 0 <= N < M (N of every M inputs are zeroed)")
+    modules = p["modules"]
+    if isinstance(modules, str) or not modules:
+        raise ValueError(f"wanda.modules={modules!r} must be a non-empty list out of {list(MODULES)}")
+    for name in modules:
+        choice("wanda.modules", name, MODULES)
+    dense = p.get("dense_layers") or []
+    for i in dense:
+        _int("wanda.dense_layers", i, 0)
+    return Settings(n, m, sparsity, tuple(modules), tuple(sorted(set(dense))),
+                    _int("wanda.samples", p["samples"], 1), _int("wanda.seq_len", p["seq_len"], 2))
+
+
+def targets(model: nn.Module, s: Settings) -> dict[str, nn.Linear]:
+    """The linear modules to prune by name ("layers.3.mlp.down_proj"), after checking them against the model."""
+    layers = decoder_layers(model)
+    if s.seq_len > model.config.max_position_embeddings:
+        raise ValueError(f"wanda.seq_len={s.seq_len} exceeds the model's {model.config.max_position_embeddings} positions")
+    for i in s.dense_layers:
+        choice("wanda.dense_layers", i, range(len(layers)))
+    out = {}
+    for i, layer in enumerate(layers):
+        for sub, module in layer.named_modules():
+            if i in s.dense_layers or sub.rsplit(".", 1)[-1] not in s.modules:
+                continue
+            if s.m and module.in_features % s.m:
+                raise ValueError(f"wanda.pattern={s.pattern!r}: M={s.m} does not divide the row length "
+                                 f"{module.in_features} of layers.{i}.{sub}")
+            out[f"layers.{i}.{sub}"] = module
+    return out
+
+
+def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """True for the `n` lowest scores of every `m` consecutive entries of each row."""
+    rows, cols = score.shape
+    groups = score.reshape(rows, cols // m, m)
+    mask = torch.zeros_like(groups, dtype=torch.bool)
+    mask.scatter_(2, groups.topk(n, dim=2, largest=False).indices, True)
+    return mask.reshape(rows, cols)
+
+
+def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """True for the int(cols · sparsity) lowest scores of each row."""
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    k = int(score.shape[1] * sparsity)
+    mask.scatter_(1, score.topk(k, dim=1, largest=False).indices, True)
+    return mask
+
+
+def prune_linear(linear: nn.Linear, norms: torch.Tensor, s: Settings) -> None:
+    """Zero the lowest-scoring weights of `linear`, score |W_ij| · ‖X_j‖₂."""
+    score = linear.weight.detach().abs().double() * norms.to(linear.weight.device)
+    mask = nm_mask(score, s.n, s.m) if s.m else row_mask(score, s.sparsity)
+    linear.weight.data[mask] = 0
+
+
+class _Caught(Exception):
+    """Raised by the hook on layer 0 once its inputs are captured."""
+
+
+@torch.no_grad()
+def layer0_inputs(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[LayerInput]:
+    """Hidden states and keyword arguments (position embeddings, attention mask, ...) entering decoder layer 0,
+    one pair per batch of token ids: the reference code's Catcher, as a pre-hook that stops the forward pass."""
+    captured: list[LayerInput] = []
+
+    def catch(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        kwargs = dict(kwargs)
+        captured.append((args[0] if args else kwargs.pop("hidden_states"), kwargs))
+        raise _Caught
+
+    handle = decoder_layers(model)[0].register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for ids in batches:
+            try:
+                model(ids.to(model.device), use_cache=False)
+            except _Caught:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+@torch.no_grad()
+def input_norms(layer: nn.Module, linears: dict[str, nn.Linear], inputs: list[LayerInput]) -> dict[str, torch.Tensor]:
+    """‖X_j‖₂ of every input feature j of each linear module over all calibration tokens (float64, on the CPU)."""
+    squares = {name: torch.zeros(lin.in_features, dtype=torch.float64) for name, lin in linears.items()}
+
+    def hook(name: str):
+        def add(_module: nn.Module, args: tuple, _out: torch.Tensor) -> None:
+            x = args[0].reshape(-1, args[0].shape[-1])
+            squares[name] += x.double().pow(2).sum(0).cpu()
+        return add
+
+    handles = [lin.register_forward_hook(hook(name)) for name, lin in linears.items()]
+    try:
+        for hidden, kwargs in inputs:
+            layer(hidden, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: sq.sqrt() for name, sq in squares.items()}
+
+
+@torch.no_grad()
+def prune(model: nn.Module, calib: torch.Tensor, s: Settings, batch_size: int = 8) -> dict[str, nn.Linear]:
+    """Prune `model` in place with calibration token ids `calib` [samples, seq_len]; returns the pruned modules.
+
+    For each decoder layer: gather input norms of its modules in one pass, prune them all, then run the
+    pruned layer to produce the next layer's inputs.
+    """
+    pruned = targets(model, s)
+    inputs = layer0_inputs(model, calib.split(batch_size))
+    for i, layer in enumerate(tqdm(decoder_layers(model), desc="wanda", leave=False)):
+        linears = {name: lin for name, lin in pruned.items() if name.startswith(f"layers.{i}.")}
+        if linears:
+            norms = input_norms(layer, linears, inputs)
+            for name, lin in linears.items():
+                prune_linear(lin, norms[name], s)
+        inputs = [(layer(hidden, **kwargs), kwargs) for hidden, kwargs in inputs]
+    return pruned
+
+
+def report(s: Settings, modules: dict[str, nn.Linear]) -> dict[str, Any]:
+    """Pattern, overall sparsity (zeros / weights over `modules`) and per-module sparsity."""
+    zeros = {name: int((lin.weight == 0).sum()) for name, lin in modules.items()}
+    sizes = {name: lin.weight.numel() for name, lin in modules.items()}
+    return {
+        "enabled": True,
+        "pattern": s.pattern,
+        "target": s.target,
+        "sparsity": sum(zeros.values()) / sum(sizes.values()),
+        "zeros": sum(zeros.values()),
+        "weights": sum(sizes.values()),
+        "modules": {name: zeros[name] / sizes[name] for name in modules},
+    }

@@ -1,0 +1,134 @@
+"""GPTQ and EoRA with GPTQModel on the tiny model, on CPU."""
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from transformers import AutoTokenizer
+
+from llmshrink import models, quantize
+from llmshrink.calib import tokenize
+from llmshrink.evaluate import windows
+
+# tiny model: hidden 64, intermediate 128, so GPTQ groups of 32 or 64 on CPU
+GPTQ = {"enabled": True, "bits": 4, "group_size": 32, "desc_act": False, "damp_percent": 0.05, "sym": True,
+        "samples": 16, "seq_len": 128}
+EORA = {"enabled": True, "rank": 16, "samples": 16, "seq_len": 128}  # rank 8 of width 64 compensates too little to test
+CALIB_CHARS = 100_000  # calibration from the head of the prose, held-out text from its tail
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("quantize")
+
+
+@pytest.fixture(scope="module")
+def gptq_run(work: Path, tiny_dir: Path, prose: str) -> tuple[Path, dict]:
+    out = work / "gptq"
+    return out, quantize.gptq(tiny_dir, out, GPTQ, prose[:CALIB_CHARS], seed=0, on="cpu")
+
+
+@pytest.fixture(scope="module")
+def eora_run(work: Path, tiny_dir: Path, gptq_run: tuple[Path, dict], prose: str) -> tuple[Path, dict]:
+    out = work / "eora"
+    return out, quantize.eora(tiny_dir, gptq_run[0], out, EORA, prose[:CALIB_CHARS], seed=0, on="cpu")
+
+
+@pytest.fixture(scope="module")
+def heldout(tiny_dir: Path, prose: str) -> torch.Tensor:
+    """Four 128-token windows of prose disjoint from the calibration text."""
+    ids = tokenize(AutoTokenizer.from_pretrained(tiny_dir), prose[-40_000:])
+    return torch.stack(windows(ids, 128)[:4])
+
+
+@pytest.fixture(scope="module")
+def reference_logits(tiny_dir: Path, heldout: torch.Tensor) -> torch.Tensor:
+    return logits(models.load(tiny_dir), heldout)
+
+
+@torch.no_grad()
+def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return model(ids.to(model.device)).logits.float().cpu()
+
+
+def relative_error(pred: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean |Δlogit| in units of the reference logits' std (about 1.13 for unrelated Gaussian logits)."""
+    return ((pred - ref).abs().mean() / ref.std()).item()
+
+
+def kl(pred: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean per-token KL(reference || prediction) of the next-token distributions."""
+    return F.kl_div(pred.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none").sum(-1).mean().item()
+
+
+def test_quantize_reload_generate(gptq_run: tuple[Path, dict], tiny_dir: Path) -> None:
+    out, metrics = gptq_run
+    assert quantize.is_quantized(out) and not quantize.is_quantized(tiny_dir)
+    assert metrics["quantized"] and metrics["bits"] == 4 and metrics["group_size"] == 32
+    assert metrics["bytes"] == quantize.dir_bytes(out) < metrics["source_bytes"] == quantize.dir_bytes(tiny_dir)
+    with safe_open(out / "model.safetensors", "pt") as f:  # 4 bits a weight, packed into int32
+        packed = sum(f.get_tensor(k).nbytes for k in f.keys() if k.endswith(".qweight"))
+    assert packed == sum(i * o for i, o in quantize.linear_shapes(tiny_dir).values()) * 4 // 8
+    model = quantize.load_quantized(out)
+    assert sum(type(m).__module__.startswith("gptqmodel") for m in model.modules()) == 7 * len(models.decoder_layers(model))
+    prompt = torch.tensor([[1, 504, 3458, 314]])
+    generated = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert generated.shape == (1, 9) and torch.equal(generated[:, :4], prompt)
+
+
+def test_quantized_logits_stay_close(gptq_run: tuple[Path, dict], heldout: torch.Tensor, reference_logits: torch.Tensor) -> None:
+    quantized = logits(quantize.load_quantized(gptq_run[0]), heldout)
+    error = relative_error(quantized, reference_logits)
+    assert 0 < error < 0.25, error  # 4-bit groups of 32 perturb the logits, but by far less than unrelated logits (1.13)
+    assert kl(quantized, reference_logits) < 2e-3
+
+
+def test_eora_brings_logits_closer(
+    eora_run: tuple[Path, dict], gptq_run: tuple[Path, dict], heldout: torch.Tensor, reference_logits: torch.Tensor
+) -> None:
+    out, metrics = eora_run
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert metrics["adapter"] and metrics["rank"] == 16 and metrics["adapter_bytes"] == quantize.dir_bytes(out / "adapter")
+    for name in ("model.safetensors", "quantize_config.json", "config.json"):
+        assert filecmp.cmp(out / name, gptq_run[0] / name, shallow=False)
+    quantized = logits(quantize.load_quantized(gptq_run[0]), heldout)
+    compensated = logits(quantize.load_quantized(out), heldout)
+    assert relative_error(compensated, reference_logits) < 0.8 * relative_error(quantized, reference_logits)  # seen: 0.61
+    assert kl(compensated, reference_logits) < 0.6 * kl(quantized, reference_logits)  # seen: 0.39
+
+
+@pytest.mark.parametrize("group_size", [128, 256])
+def test_group_size_not_dividing_widths_fails_before_work(tmp_path: Path, tiny_dir: Path, group_size: int) -> None:
+    out = tmp_path / "gptq"
+    with pytest.raises(ValueError, match=rf"gptq\.group_size={group_size}.*\[64, 128\].*\[64, 32\]"):
+        quantize.gptq(tiny_dir, out, {**GPTQ, "group_size": group_size}, "unused", seed=0, on="cpu")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_invalid_params_name_the_parameter(tmp_path: Path, tiny_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"gptq\.bits=5.*\[2, 3, 4, 8\]"):
+        quantize.gptq(tiny_dir, tmp_path / "gptq", {**GPTQ, "bits": 5}, "unused", seed=0, on="cpu")
+    with pytest.raises(ValueError, match=r"gptq\.damp_percent"):
+        quantize.gptq(tiny_dir, tmp_path / "gptq", {**GPTQ, "damp_percent": 0}, "unused", seed=0, on="cpu")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eora_rank_above_smallest_layer_fails(tmp_path: Path, tiny_dir: Path, gptq_run: tuple[Path, dict]) -> None:
+    with pytest.raises(ValueError, match=r"eora\.rank=33.*\[1, 32\]"):  # k_proj/v_proj: 2 KV heads x 16 = 32 outputs
+        quantize.eora(tiny_dir, gptq_run[0], tmp_path / "eora", {**EORA, "rank": 33}, "unused", seed=0, on="cpu")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disabled_steps_copy(tmp_path: Path, tiny_dir: Path, gptq_run: tuple[Path, dict]) -> None:
+    metrics = quantize.gptq(tiny_dir, tmp_path / "gptq", {**GPTQ, "enabled": False}, "unused", seed=0, on="cpu")
+    assert not metrics["quantized"] and not quantize.is_quantized(tmp_path / "gptq")
+    assert filecmp.cmp(tmp_path / "gptq" / "model.safetensors", tiny_dir / "model.safetensors", shallow=False)
+    metrics = quantize.eora(tiny_dir, tmp_path / "gptq", tmp_path / "eora", EORA, "unused", seed=0, on="cpu")
+    assert not metrics["adapter"] and "not quantized" in metrics["reason"]
+    metrics = quantize.eora(tiny_dir, gptq_run[0], tmp_path / "eora2", {**EORA, "enabled": False}, "unused", seed=0)
+    assert not metrics["adapter"] and quantize.is_quantized(tmp_path / "eora2")
+    assert not (tmp_path / "eora2" / "adapter").exists()
