@@ -4,13 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
+from ruamel.yaml import YAML
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Return the whole params file as a dict."""
+    """Return the whole params file as a dict, read as YAML 1.2 like DVC reads it: `dvc exp run -S
+    wanda.pattern=2:4` writes `2:4` unquoted, which YAML 1.1 (PyYAML) would read as the base-60 integer 124."""
     with open(path) as f:
-        return yaml.safe_load(f)
+        return YAML(typ="safe", pure=True).load(f)
 
 
 def choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
