@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from llmshrink import models
 from llmshrink.atomic import atomic_dir
 from llmshrink.calib import token_windows
+from llmshrink.evaluate import resolve_dtype
 from llmshrink.params import choice
 
 BITS = (2, 3, 4, 8)
@@ -43,9 +44,21 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def compute_dtype(on: str) -> torch.dtype:
+    """What GPTQModel computes in: bfloat16 where `on` supports it natively, else float32 (GPTQModel's own
+    default, bfloat16, is emulated and about twice as slow on CPUs without AMX/AVX512-BF16)."""
+    return models.DTYPES[resolve_dtype("auto", torch.device(on))]
+
+
 def dir_bytes(path: str | Path) -> int:
     """Size on disk of a folder: bytes of all its files."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def saved_dtype(path: str | Path) -> torch.dtype:
+    """The dtype a checkpoint folder's weights are stored in (its config's `dtype`, float32 if none)."""
+    name = str(getattr(AutoConfig.from_pretrained(path), "dtype", None) or "float32")
+    return models.DTYPES[name.removeprefix("torch.")]
 
 
 def quant_method(path: str | Path) -> str | None:
@@ -134,9 +147,15 @@ def gptq(src: str | Path, out: str | Path, p: dict[str, Any], text: str, seed: i
 
     start = time.perf_counter()
     with atomic_dir(out) as tmp:
-        config = QuantizeConfig(**{k: p[k] for k in QUANT_KEYS})
-        model = GPTQModel.load(str(src), config, device=on)
+        dtype, keep = compute_dtype(on), saved_dtype(src)
+        # computing in another dtype than `src` is stored in: keep the model in memory to cast it back before saving
+        config = QuantizeConfig(**{k: p[k] for k in QUANT_KEYS}, offload_to_disk=dtype == keep)
+        model = GPTQModel.load(str(src), config, device=on, dtype=dtype)
         model.quantize(calib, batch_size=CALIB_BATCH)
+        if dtype != keep:  # the unquantized tensors (embeddings, norms) as stored in `src`; scales stay float16
+            for t in (*model.model.parameters(), *model.model.buffers()):
+                if t.dtype == dtype:
+                    t.data = t.data.to(keep)
         model.save(str(tmp))
     seconds = time.perf_counter() - start
     settings = {k: p[k] for k in (*QUANT_KEYS, "samples", "seq_len")}

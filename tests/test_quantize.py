@@ -132,3 +132,16 @@ def test_disabled_steps_copy(tmp_path: Path, tiny_dir: Path, gptq_run: tuple[Pat
     metrics = quantize.eora(tiny_dir, gptq_run[0], tmp_path / "eora2", {**EORA, "enabled": False}, "unused", seed=0)
     assert not metrics["adapter"] and quantize.is_quantized(tmp_path / "eora2")
     assert not (tmp_path / "eora2" / "adapter").exists()
+
+
+def test_bf16_checkpoint_quantized_in_fp32_on_cpu_stays_bf16(tmp_path: Path, tiny_dir: Path, prose: str) -> None:
+    # CPUs without native bfloat16 compute GPTQ in float32; the unquantized tensors are saved as the source stored them
+    src = tmp_path / "bf16"
+    models.save(models.load(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir), src, "bfloat16")
+    assert quantize.saved_dtype(src) == torch.bfloat16
+    out = tmp_path / "gptq"
+    quantize.gptq(src, out, {**GPTQ, "samples": 4}, prose[:CALIB_CHARS], seed=0, on="cpu")
+    with safe_open(next(out.glob("*.safetensors")), "pt") as f:
+        embed = f.get_tensor("model.embed_tokens.weight")
+    assert embed.dtype == torch.bfloat16
+    assert quantize.saved_dtype(out) == torch.bfloat16
