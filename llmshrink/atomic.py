@@ -41,6 +41,12 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
         raise
 
 
+def copy_dir(src: str | Path, out: str | Path) -> None:
+    """Copy the folder `src` (a checkpoint) to `out`, atomically."""
+    with atomic_dir(out) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_file(path) as f:

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 
 from llmshrink.evaluate import perplexity
 from llmshrink.models import decoder_layers
-from llmshrink.params import choice, in_range
+from llmshrink.params import choice, integer
 
 CRITERIA = ("ppl", "taylor", "magnitude", "block_influence")
 PER_LAYER_CONFIG_LISTS = ("layer_types",)  # config lists with one entry per decoder layer
@@ -144,12 +144,9 @@ def score_layers(model: PreTrainedModel, windows: torch.Tensor, criterion: str, 
 
 def check_prune_params(n_layers: int, layers: int, protect_first: int, protect_last: int) -> None:
     """Raise a ValueError naming the parameter unless the request fits the unprotected range."""
-    for name, value in (("prune.layers", layers), ("prune.protect_first", protect_first), ("prune.protect_last", protect_last)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{name}={value!r} must be an integer")
-    in_range("prune.protect_first", protect_first, 0, n_layers)
-    in_range("prune.protect_last", protect_last, 0, n_layers - protect_first)
-    in_range("prune.layers", layers, 0, n_layers - protect_first - protect_last)
+    integer("prune.protect_first", protect_first, 0, n_layers)
+    integer("prune.protect_last", protect_last, 0, n_layers - protect_first)
+    integer("prune.layers", layers, 0, n_layers - protect_first - protect_last)
 
 
 def layers_to_remove(scores: list[dict[str, Any]], layers: int, protect_first: int, protect_last: int) -> list[int]:

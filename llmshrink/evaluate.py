@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from llmshrink.calib import tokenize
-from llmshrink.params import choice, in_range
+from llmshrink.params import choice, integer
 
 DTYPES = ("auto", "float32", "bfloat16")
 LM_EVAL = (False, True, "hub")
@@ -63,9 +63,7 @@ def check_params(p: dict[str, Any]) -> dict[str, Any]:
     """Validate the `eval` params section before any heavy work; return it."""
     for name, low in (("seq_len", 2), ("batch_size", 1), ("max_new_tokens", 1),
                       ("speed_prompt_tokens", 1), ("speed_new_tokens", 1)):
-        if not isinstance(p[name], int):
-            raise ValueError(f"eval.{name}={p[name]!r} must be an integer")
-        in_range(f"eval.{name}", p[name], low, math.inf)
+        integer(f"eval.{name}", p[name], low)
     for name in ("max_windows", "limit"):
         check_cap(f"eval.{name}", p[name])
     choice("eval.chat_template", p["chat_template"], (False, True))

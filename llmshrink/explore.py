@@ -10,7 +10,6 @@ A configuration (params `explore.configs.<name>`) maps to the order in which the
 from __future__ import annotations
 
 import csv
-import math
 import time
 from typing import Any, Sequence
 
@@ -23,7 +22,7 @@ from llmshrink.atomic import atomic_file
 from llmshrink.calib import tokenize
 from llmshrink.depth import layers_kept
 from llmshrink.evaluate import perplexity, windows
-from llmshrink.params import choice, in_range
+from llmshrink.params import choice, in_range, integer
 
 KEYS = ("keep", "skip", "repeat")
 KEEP = ("all", "even", "odd")
@@ -69,9 +68,7 @@ def layer_order(name: str, spec: dict[str, Any] | None, n_layers: int) -> list[i
     repeat = {}
     for layer, count in repeat_spec.items():
         i = _index(f"{where}.repeat", layer, n_layers)
-        if not isinstance(count, int) or isinstance(count, bool):
-            raise ValueError(f"{where}.repeat.{i}={count!r} must be an integer")
-        repeat[i] = int(in_range(f"{where}.repeat.{i}", count, 1, math.inf))
+        repeat[i] = integer(f"{where}.repeat.{i}", count, 1)
     order = [i for i in order if i not in skip]
     dropped = sorted(set(repeat) - set(order))
     if dropped:
@@ -86,10 +83,7 @@ def check_params(p: dict[str, Any], n_layers: int) -> dict[str, list[int]]:
     """Validate the `explore` params section before any heavy work; the layer order of every configuration."""
     if not isinstance(p.get("sample_prompt"), str) or not p["sample_prompt"]:
         raise ValueError(f"explore.sample_prompt={p.get('sample_prompt')!r} must be a non-empty string")
-    tokens = p.get("sample_tokens")
-    if not isinstance(tokens, int) or isinstance(tokens, bool):
-        raise ValueError(f"explore.sample_tokens={tokens!r} must be an integer")
-    in_range("explore.sample_tokens", tokens, 1, math.inf)
+    integer("explore.sample_tokens", p.get("sample_tokens"), 1)
     configs = p.get("configs")
     if not isinstance(configs, dict) or not configs:
         raise ValueError(f"explore.configs={configs!r} must be a non-empty mapping of named configurations")

@@ -7,7 +7,6 @@ exactly zero in W are zeroed again in W' (W' <- W' * M, M = [W != 0]).
 """
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from transformers import PreTrainedModel
 
 from llmshrink.calib import token_windows
 from llmshrink.data import read_qa
-from llmshrink.params import choice, in_range
+from llmshrink.params import choice, in_range, integer
 from llmshrink.qa import prompt
 
 DATASETS = {"wikitext": "finetune.txt", "triviaqa": "qa_train.jsonl"}
@@ -42,14 +41,9 @@ def validate(p: dict[str, Any]) -> None:
     choice("lora.dataset", p["dataset"], DATASETS)
     for name in ("enabled", "keep_sparsity"):
         choice(f"lora.{name}", p[name], (True, False))
-    for name in ("rank", "steps", "batch_size", "grad_accum", "seq_len", "seed"):
-        if not isinstance(p[name], int) or isinstance(p[name], bool):
-            raise ValueError(f"lora.{name}={p[name]!r} must be an integer")
-    in_range("lora.rank", p["rank"], 1, math.inf)
-    in_range("lora.steps", p["steps"], 1, math.inf)
-    in_range("lora.batch_size", p["batch_size"], 1, math.inf)
-    in_range("lora.grad_accum", p["grad_accum"], 1, math.inf)
-    in_range("lora.seq_len", p["seq_len"], 2, math.inf)
+    for name, low in (("rank", 1), ("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("seq_len", 2)):
+        integer(f"lora.{name}", p[name], low)
+    integer("lora.seed", p["seed"])
     in_range("lora.dropout", p["dropout"], 0.0, 1.0, high_open=True)
     if not p["alpha"] > 0:
         raise ValueError(f"lora.alpha={p['alpha']!r} must be > 0")

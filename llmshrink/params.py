@@ -1,6 +1,7 @@
 """Reading `params.yaml` and validating its values with errors that name the parameter."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,6 +21,13 @@ def choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {allowed}")
     return value
+
+
+def integer(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> int:
+    """Return `value` if it is an integer (not a bool) in [low, high], else raise a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}={value!r} must be an integer")
+    return int(in_range(name, value, low, high))
 
 
 def in_range(name: str, value: float, low: float, high: float, *, high_open: bool = False) -> float:

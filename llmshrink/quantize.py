@@ -26,7 +26,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from llmshrink import models
-from llmshrink.atomic import atomic_dir
+from llmshrink.atomic import atomic_dir, copy_dir
 from llmshrink.calib import token_windows
 from llmshrink.evaluate import resolve_dtype
 from llmshrink.params import choice
@@ -127,12 +127,6 @@ def calibration(src: str | Path, text: str, n_samples: int, seq_len: int, seed: 
     return [{"input_ids": w.tolist(), "attention_mask": [1] * len(w)} for w in windows]
 
 
-def copy_checkpoint(src: str | Path, out: str | Path) -> None:
-    """Copy the files of a checkpoint folder into `out`, atomically."""
-    with atomic_dir(out) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-
-
 def gptq(src: str | Path, out: str | Path, p: dict[str, Any], text: str, seed: int, on: str | None = None) -> dict[str, Any]:
     """Quantize the checkpoint `src` with GPTQ into `out` (a copy of `src` when gptq.enabled is false).
 
@@ -140,7 +134,7 @@ def gptq(src: str | Path, out: str | Path, p: dict[str, Any], text: str, seed: i
     on = on or device()
     check_gptq(p, src, on)
     if not p["enabled"]:
-        copy_checkpoint(src, out)
+        copy_dir(src, out)
         return {"quantized": False, "bytes": dir_bytes(out), "source_bytes": dir_bytes(src)}
     calib = calibration(src, text, p["samples"], p["seq_len"], seed)
     from gptqmodel import GPTQModel, QuantizeConfig
@@ -170,7 +164,7 @@ def eora(reference: str | Path, quantized: str | Path, out: str | Path, p: dict[
     quantized. `p` is the eora params section, `text` the calibration text. Returns the metrics."""
     on = on or device()
     if not (p["enabled"] and is_quantized(quantized)):
-        copy_checkpoint(quantized, out)
+        copy_dir(quantized, out)
         reason = "eora.enabled is false" if not p["enabled"] else f"{quantized} is not quantized"
         return {"adapter": False, "reason": reason, "bytes": dir_bytes(out)}
     check_eora(p, reference)

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from llmshrink.models import decoder_layers
-from llmshrink.params import choice, in_range
+from llmshrink.params import choice, in_range, integer
 
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LayerInput = tuple[torch.Tensor, dict[str, Any]]
@@ -45,12 +45,6 @@ class Settings:
         return self.n / self.m if self.m else self.sparsity
 
 
-def _int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}={value!r} must be an integer")
-    return int(in_range(name, value, low, float("inf")))
-
-
 def settings(p: dict[str, Any]) -> Settings:
     """Validate the `wanda` params section; every error names its parameter."""
     pattern = p["pattern"]
@@ -76,9 +70,9 @@ def settings(p: dict[str, Any]) -> Settings:
         choice("wanda.modules", name, MODULES)
     dense = p.get("dense_layers") or []
     for i in dense:
-        _int("wanda.dense_layers", i, 0)
+        integer("wanda.dense_layers", i, 0)
     return Settings(n, m, sparsity, tuple(modules), tuple(sorted(set(dense))),
-                    _int("wanda.samples", p["samples"], 1), _int("wanda.seq_len", p["seq_len"], 2))
+                    integer("wanda.samples", p["samples"], 1), integer("wanda.seq_len", p["seq_len"], 2))
 
 
 def targets(model: nn.Module, s: Settings) -> dict[str, nn.Linear]:

@@ -1,10 +1,8 @@
 """Stage lora: heal models/width with a LoRA adapter, merged into models/lora (adapter kept in models/lora/adapter)."""
-import shutil
-
 from transformers import AutoTokenizer
 
 from llmshrink import models
-from llmshrink.atomic import atomic_dir, atomic_file, write_json
+from llmshrink.atomic import atomic_dir, atomic_file, copy_dir, write_json
 from llmshrink.lora import heal, training_batches, validate
 from llmshrink.params import choice, load_params
 
@@ -17,8 +15,7 @@ def main() -> None:
     validate(p)
     choice("model.dtype", dtype, models.DTYPES)
     if not p["enabled"]:
-        with atomic_dir(OUT) as tmp:
-            shutil.copytree(SRC, tmp, dirs_exist_ok=True)
+        copy_dir(SRC, OUT)
         losses, metrics = [], {"enabled": False}
     else:
         tokenizer = AutoTokenizer.from_pretrained(SRC)

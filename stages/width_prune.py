@@ -1,12 +1,11 @@
 """Stage width_prune: WANDA on models/depth into models/width, sparsity in metrics/width.json."""
-import shutil
 import time
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
 from llmshrink import models, wanda
-from llmshrink.atomic import atomic_dir, write_json
+from llmshrink.atomic import atomic_dir, copy_dir, write_json
 from llmshrink.calib import token_windows
 from llmshrink.params import choice, load_params
 
@@ -18,8 +17,7 @@ def main() -> None:
     p = params["wanda"]
     dtype = choice("model.dtype", params["model"]["dtype"], models.DTYPES)
     if not choice("wanda.enabled", p["enabled"], (True, False)):
-        with atomic_dir(OUT) as tmp:
-            shutil.copytree(SRC, tmp, dirs_exist_ok=True)
+        copy_dir(SRC, OUT)
         write_json(METRICS, {"enabled": False, "pattern": "dense", "target": 0.0, "sparsity": 0.0, "modules": {}})
         print(f"{OUT}: copy of {SRC} (wanda.enabled=false)")
         return

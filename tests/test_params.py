@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from llmshrink.params import choice, in_range, load_params
+from llmshrink.params import choice, in_range, integer, load_params
 
 
 def test_unquoted_n_m_pattern_stays_a_string(tmp_path: Path) -> None:
@@ -19,3 +19,12 @@ def test_errors_name_the_parameter() -> None:
     with pytest.raises(ValueError, match=r"wanda\.sparsity=1\.0 is out of range; allowed \[0, 1\)"):
         in_range("wanda.sparsity", 1.0, 0, 1, high_open=True)
     assert in_range("prune.layers", 2, 0, 24) == 2
+
+
+def test_integer_refuses_bools_floats_and_out_of_range() -> None:
+    assert integer("lora.steps", 12, 1) == 12
+    for bad in (True, 1.5, "3"):
+        with pytest.raises(ValueError, match=r"lora\.steps=.* must be an integer"):
+            integer("lora.steps", bad, 1)
+    with pytest.raises(ValueError, match=r"lora\.steps=0 is out of range; allowed \[1, inf\]"):
+        integer("lora.steps", 0, 1)
