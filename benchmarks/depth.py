@@ -17,7 +17,7 @@ import torch
 from llmshrink import depth, models
 from llmshrink.atomic import write_json
 from llmshrink.calib import token_windows, tokenize
-from llmshrink.evaluate import perplexity, windows
+from llmshrink.perplexity import perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2"

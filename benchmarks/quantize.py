@@ -18,7 +18,7 @@ import torch
 from llmshrink import models, quantize
 from llmshrink.atomic import write_json
 from llmshrink.calib import tokenize
-from llmshrink.evaluate import perplexity, windows
+from llmshrink.perplexity import perplexity, windows
 from llmshrink.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]

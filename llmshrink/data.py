@@ -14,7 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-SOURCES = ("embedded", "local", "hub")
+from llmshrink.params import Data
+
 FILES = ("calibration.txt", "finetune.txt", "perplexity.txt", "qa.jsonl", "qa_train.jsonl")
 
 
@@ -34,11 +35,6 @@ class TextSets:
         for name in ("qa", "qa_train"):
             lines = (json.dumps(r, ensure_ascii=False, sort_keys=True) for r in getattr(self, name))
             (out_dir / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-
-
-def read_qa(path: str | Path) -> list[dict[str, Any]]:
-    """Read a QA jsonl file written by `TextSets.write`."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
 
 
 def qa_record(question: str, answer: str, aliases: list[str], context: str | None = None) -> dict[str, Any]:
@@ -62,7 +58,7 @@ def split_pool(text_blocks: list[str], calibration_share: float, max_chars: int)
     return "\n\n".join(text_blocks[:cut])[:max_chars], "\n\n".join(text_blocks[cut:])[:max_chars]
 
 
-def embedded(p: dict[str, Any]) -> TextSets:
+def embedded(p: Data, seed: int) -> TextSets:
     """No network: the Python documentation shipped with the standard library (PSF licence) as prose,
     split by topic (paragraphs shared with held-out topics dropped) so held-out, calibration and
     fine-tuning text never overlap; and the project's own
@@ -70,17 +66,17 @@ def embedded(p: dict[str, Any]) -> TextSets:
     from pydoc_data.topics import topics
 
     names = sorted(topics)
-    random.Random(p["seed"]).shuffle(names)
-    n_held = round(len(names) * p["heldout_share"])
+    random.Random(seed).shuffle(names)
+    n_held = round(len(names) * p.heldout_share)
     held = [topics[n].strip() for n in names[:n_held]]
-    held_paragraphs = {p.strip() for t in held for p in t.split("\n\n")}
-    pool = [p.strip() for n in names[n_held:] for p in topics[n].split("\n\n")]
-    pool = [p for p in dict.fromkeys(pool) if p and p not in held_paragraphs]
-    calibration, finetune = split_pool(pool, p["calibration_share"], p["max_chars"])
+    held_paragraphs = {para.strip() for t in held for para in t.split("\n\n")}
+    pool = [para.strip() for n in names[n_held:] for para in topics[n].split("\n\n")]
+    pool = [para for para in dict.fromkeys(pool) if para and para not in held_paragraphs]
+    calibration, finetune = split_pool(pool, p.calibration_share, p.max_chars)
     path = resources.files("llmshrink") / "resources" / "qa_embedded.jsonl"
     raw = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     records = [qa_record(r["question"], r["answer"]["value"], r["answer"]["aliases"], r["context"]) for r in raw]
-    qa, qa_train = split_qa(records, p["qa_eval"], p["qa_train"], p["seed"])
+    qa, qa_train = split_qa(records, p.qa_eval, p.qa_train, seed)
     return TextSets(calibration, finetune, "\n\n".join(held), qa, qa_train)
 
 
@@ -90,38 +86,38 @@ def _existing(name: str, path: str) -> Path:
     return Path(path)
 
 
-def local(p: dict[str, Any]) -> TextSets:
+def local(p: Data, seed: int) -> TextSets:
     """Files in the layout of `../shared/data`: WikiText-2 test rows, tokenized validation text, TriviaQA jsonl."""
-    paths = p["local"]
+    paths = p.local
     test_rows = json.loads(_existing("data.local.wikitext_test", paths["wikitext_test"]).read_text(encoding="utf-8"))
     valid = _existing("data.local.wikitext_valid", paths["wikitext_valid"]).read_text(encoding="utf-8")
     blocks = [b.strip() for b in valid.split("\n \n") if b.strip()]
-    calibration, finetune = split_pool(blocks, p["calibration_share"], p["max_chars"])
+    calibration, finetune = split_pool(blocks, p.calibration_share, p.max_chars)
     lines = _existing("data.local.triviaqa", paths["triviaqa"]).read_text(encoding="utf-8").splitlines()
     records = []
     for line in filter(None, lines):
         r = json.loads(line)
         records.append(qa_record(r["question"], r["answer"]["value"], r["answer"]["aliases"], r.get("context")))
-    qa, qa_train = split_qa(records, p["qa_eval"], p["qa_train"], p["seed"])
+    qa, qa_train = split_qa(records, p.qa_eval, p.qa_train, seed)
     return TextSets(calibration, finetune, "\n\n".join(test_rows), qa, qa_train)
 
 
-def hub(p: dict[str, Any]) -> TextSets:
+def hub(p: Data, seed: int) -> TextSets:
     """The real datasets from the Hugging Face hub: WikiText-2 raw (test for perplexity, train for
     calibration and fine-tuning, or C4 for calibration) and TriviaQA (`rc` with contexts, else `rc.nocontext`)."""
     import datasets
 
-    h = p["hub"]
+    h = p.hub
     try:
         wiki = datasets.load_dataset("wikitext", "wikitext-2-raw-v1")
         train_blocks = [b.strip() for b in "".join(wiki["train"]["text"]).split("\n = ") if b.strip()]
-        calibration, finetune = split_pool(train_blocks, p["calibration_share"], p["max_chars"])
+        calibration, finetune = split_pool(train_blocks, p.calibration_share, p.max_chars)
         if h["calibration"] == "c4":
             c4 = datasets.load_dataset(
                 "allenai/c4", data_files={"train": "en/c4-train.00000-of-01024.json.gz"}, split="train"
             )
-            docs = c4.shuffle(seed=p["seed"]).select(range(2000))["text"]
-            calibration = "\n\n".join(docs)[: p["max_chars"]]
+            docs = c4.shuffle(seed=seed).select(range(2000))["text"]
+            calibration = "\n\n".join(docs)[: p.max_chars]
         config = "rc" if h["open_book"] else "rc.nocontext"
         trivia = datasets.load_dataset("trivia_qa", config)
     except (OSError, ConnectionError) as err:
@@ -129,20 +125,17 @@ def hub(p: dict[str, Any]) -> TextSets:
 
     def records(split: Any, n: int) -> list[dict[str, Any]]:
         out = []
-        for r in split.shuffle(seed=p["seed"]).select(range(min(n, len(split)))):
+        for r in split.shuffle(seed=seed).select(range(min(n, len(split)))):
             pages = r.get("entity_pages", {}).get("wiki_context") or []
             context = pages[0][: h["context_chars"]] if pages else None
             out.append(qa_record(r["question"], r["answer"]["value"], r["answer"]["aliases"], context))
         return out
 
-    qa = records(trivia["validation"], p["qa_eval"])
-    qa_train = records(trivia["train"], p["qa_train"])
+    qa = records(trivia["validation"], p.qa_eval)
+    qa_train = records(trivia["train"], p.qa_train)
     return TextSets(calibration, finetune, "\n\n".join(wiki["test"]["text"]), qa, qa_train)
 
 
-def prepare(p: dict[str, Any]) -> TextSets:
-    """The text sets from `data.source`."""
-    from llmshrink.params import choice
-
-    source = choice("data.source", p["source"], SOURCES)
-    return {"embedded": embedded, "local": local, "hub": hub}[source](p)
+def prepare(p: Data, seed: int) -> TextSets:
+    """The text sets from `data.source`, shuffled and split with `seed`."""
+    return {"embedded": embedded, "local": local, "hub": hub}[p.source](p, seed)

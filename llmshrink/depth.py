@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from llmshrink.evaluate import perplexity
+from llmshrink.perplexity import perplexity
 from llmshrink.models import decoder_layers
 from llmshrink.params import choice, integer
 
@@ -145,7 +145,10 @@ def score_layers(model: PreTrainedModel, windows: torch.Tensor, criterion: str, 
 def check_prune_params(n_layers: int, layers: int, protect_first: int, protect_last: int) -> None:
     """Raise a ValueError naming the parameter unless the request fits the unprotected range."""
     integer("prune.protect_first", protect_first, 0, n_layers)
-    integer("prune.protect_last", protect_last, 0, n_layers - protect_first)
+    integer("prune.protect_last", protect_last, 0, n_layers)
+    if protect_first + protect_last > n_layers:
+        raise ValueError(f"prune.protect_first={protect_first} + prune.protect_last={protect_last} protect more than "
+                         f"the model's {n_layers} layers; together they may protect at most {n_layers}")
     integer("prune.layers", layers, 0, n_layers - protect_first - protect_last)
 
 

@@ -1,16 +1,18 @@
 """Run-time layer skip / repeat ("Franken-LLaMA"): named layer orders applied to a loaded model, no checkpoints.
 
 A configuration (params `explore.configs.<name>`) maps to the order in which the original decoder layers run:
-- `keep`: `all` (default), `even` (0, 2, 4, ...), `odd` (1, 3, ...) or an explicit list of layer indices;
-- `skip`: layer indices removed from that order;
+- `keep`: `all` (default), `even` (0, 2, 4, ...), `odd` (1, 3, ...) or an explicit list of layers;
+- `skip`: layers removed from that order;
 - `repeat`: `{layer: count}`, the layer run `count` times in a row (count >= 1).
+A layer is an index (negative counts from the end, -1 = last) or an anchor that scales with the layer count n:
+`first`, `mid` (n // 2) or `last` (n - 1), with an optional offset, e.g. `mid-1`, `last-3`.
 `{}` is the base model. The order is applied with `llmshrink.depth.layers_kept`, which gives every position
 (a repeated layer included) its own `layer_idx`, hence its own KV-cache slot.
 """
 from __future__ import annotations
 
 import csv
-import time
+import re
 from typing import Any, Sequence
 
 import torch
@@ -21,22 +23,30 @@ from llmshrink import qa
 from llmshrink.atomic import atomic_file
 from llmshrink.calib import tokenize
 from llmshrink.depth import layers_kept
-from llmshrink.evaluate import perplexity, windows
-from llmshrink.params import choice, in_range, integer
+from llmshrink.perplexity import perplexity, windows
+from llmshrink.params import Eval, Explore, choice, integer
 
 KEYS = ("keep", "skip", "repeat")
 KEEP = ("all", "even", "odd")
-COLUMNS = ("config", "layers", "order", "ppl", "exact_match", "match", "open_exact_match",
-           "seconds", "ppl_seconds", "ppl_tok_s")
+COLUMNS = ("config", "layers", "order", "ppl", "exact_match", "match", "open_exact_match")
 
 
 def _index(name: str, value: Any, n_layers: int) -> int:
-    """A layer index in [0, n_layers - 1] (digit strings accepted, as JSON/CLI keys are strings)."""
-    if isinstance(value, str) and value.isdigit():
+    """A layer in [0, n_layers - 1] from an index (negative from the end) or an anchor `first|mid|last[+-k]`."""
+    anchor = re.fullmatch(r"\s*(first|mid|last)\s*(?:([+-])\s*(\d+))?\s*", value) if isinstance(value, str) else None
+    if anchor:
+        offset = int(anchor[3] or 0) * (-1 if anchor[2] == "-" else 1)
+        value = {"first": 0, "mid": n_layers // 2, "last": n_layers - 1}[anchor[1]] + offset
+    elif isinstance(value, str) and value.lstrip("-").isdigit():
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be a layer index (integer)")
-    return int(in_range(name, value, 0, n_layers - 1))
+    elif not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be a layer index or an anchor such as mid-1 or last-3")
+    else:
+        value = value + n_layers if value < 0 else value
+    if not 0 <= value < n_layers:
+        raise ValueError(f"{name}={value!r} is outside the model's layers [0, {n_layers - 1}]; use an anchor "
+                         "(first, mid, last with an offset) so the configuration scales with the layer count")
+    return value
 
 
 def _indices(name: str, value: Any, n_layers: int) -> list[int]:
@@ -79,15 +89,9 @@ def layer_order(name: str, spec: dict[str, Any] | None, n_layers: int) -> list[i
     return order
 
 
-def check_params(p: dict[str, Any], n_layers: int) -> dict[str, list[int]]:
-    """Validate the `explore` params section before any heavy work; the layer order of every configuration."""
-    if not isinstance(p.get("sample_prompt"), str) or not p["sample_prompt"]:
-        raise ValueError(f"explore.sample_prompt={p.get('sample_prompt')!r} must be a non-empty string")
-    integer("explore.sample_tokens", p.get("sample_tokens"), 1)
-    configs = p.get("configs")
-    if not isinstance(configs, dict) or not configs:
-        raise ValueError(f"explore.configs={configs!r} must be a non-empty mapping of named configurations")
-    return {str(name): layer_order(str(name), spec, n_layers) for name, spec in configs.items()}
+def orders(p: Explore, n_layers: int) -> dict[str, list[int]]:
+    """The layer order of every configuration of `explore.configs` for a model of `n_layers` layers."""
+    return {str(name): layer_order(str(name), spec, n_layers) for name, spec in p.configs.items()}
 
 
 def describe(order: Sequence[int]) -> str:
@@ -117,34 +121,32 @@ def sample(model: PreTrainedModel, tokenizer: Any, prompt: str, tokens: int) -> 
 
 
 def score(model: PreTrainedModel, tokenizer: Any, order: list[int], chunks: list[torch.Tensor],
-          records: list[dict[str, Any]], e: dict[str, Any], prompt: str, tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
+          records: list[dict[str, Any]], e: Eval, prompt: str, tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """One configuration: perplexity on `chunks`, TriviaQA as the evaluate stage scores it (`eval` params `e`)
-    and a greedy sample, all timed; returns the table row (without the name) and the sample record."""
-    start = time.perf_counter()
+    and a greedy sample; returns the table row (without the name) and the sample record. No timings: the
+    table is a pure function of its inputs (speed is measured side by side by the benchmark)."""
     with layers_kept(model, order):
-        ppl, n_tokens = perplexity(model, chunks, e["batch_size"], progress=False)
-        ppl_seconds = time.perf_counter() - start
-        trivia = qa.triviaqa(model, tokenizer, records, e["max_new_tokens"], e["batch_size"], e["chat_template"], e["limit"])
+        ppl = perplexity(model, chunks, e.batch_size, progress=False)[0]
+        trivia = qa.triviaqa(model, tokenizer, records, e.max_new_tokens, e.batch_size, e.chat_template, e.limit)
         text = sample(model, tokenizer, prompt, tokens)
     row = {"layers": len(order), "order": describe(order), "ppl": ppl, "exact_match": trivia["exact_match"],
-           "match": trivia["match"], "open_exact_match": trivia["open_exact_match"],
-           "seconds": time.perf_counter() - start, "ppl_seconds": ppl_seconds, "ppl_tok_s": n_tokens / ppl_seconds}
+           "match": trivia["match"], "open_exact_match": trivia["open_exact_match"]}
     answers = [{"question": s["question"], "gold": s["answer"], "generated": s["generated"]} for s in trivia["samples"]]
     return row, {"order": row["order"], "sample": text, "triviaqa": answers}
 
 
 def explore(model: PreTrainedModel, tokenizer: Any, orders: dict[str, list[int]], text: str,
-            records: list[dict[str, Any]], e: dict[str, Any], prompt: str, tokens: int) -> tuple[list[dict], dict]:
+            records: list[dict[str, Any]], e: Eval, prompt: str, tokens: int) -> tuple[list[dict], dict]:
     """Score every configuration on the same perplexity windows (`eval.seq_len`, capped at `eval.max_windows`)
     and questions; the table rows and `{"prompt": ..., "configs": {name: sample record}}`."""
     model.eval()
-    chunks = windows(tokenize(tokenizer, text), e["seq_len"], e["max_windows"])
+    chunks = windows(tokenize(tokenizer, text), e.seq_len, e.max_windows)
     rows, samples = [], {}
     for name, order in tqdm(orders.items(), desc="configs"):
         row, samples[name] = score(model, tokenizer, order, chunks, records, e, prompt, tokens)
         rows.append({"config": name, **row})
         tqdm.write(f"{name:>24}: {row['layers']:3d} layers, ppl {row['ppl']:9.3f}, "
-                   f"EM {row['exact_match']:.3f}, {row['seconds']:.1f} s | {samples[name]['sample']!r}")
+                   f"EM {row['exact_match']:.3f} | {samples[name]['sample']!r}")
     return rows, {"prompt": prompt, "sample_tokens": tokens, "configs": samples}
 
 

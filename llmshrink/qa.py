@@ -1,14 +1,21 @@
 """TriviaQA-style question answering: prompts, batched greedy generation and answer matching."""
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def read_qa(path: str | Path) -> list[dict[str, Any]]:
+    """Read a QA jsonl file written by `llmshrink.data.TextSets.write`: `{"question", "answer", "aliases", "context"}`."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
 
 
 def normalize(text: str) -> str:

@@ -8,7 +8,6 @@ from typing import Any
 
 import pandas as pd
 
-ORDER = ("base", "depth", "width", "lora", "gptq", "eora")
 # ratio column -> metric column it divides by the base checkpoint's value
 RATIOS = {
     "ppl_vs_base": "ppl",
@@ -22,10 +21,10 @@ RATIOS = {
 }
 
 
-def read_metrics(eval_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """The `<name>.json` files of `eval_dir` that exist, pipeline checkpoints first in pipeline order."""
+def read_metrics(eval_dir: str | Path, order: list[str]) -> dict[str, dict[str, Any]]:
+    """The `<name>.json` files of `eval_dir` that exist, the checkpoints of `order` first in that order."""
     files = {f.stem: f for f in Path(eval_dir).glob("*.json")}
-    names = [n for n in ORDER if n in files] + sorted(set(files) - set(ORDER))
+    names = [n for n in order if n in files] + sorted(set(files) - set(order))
     return {n: json.loads(files[n].read_text(encoding="utf-8")) for n in names}
 
 
@@ -48,6 +47,8 @@ def summary(metrics: dict[str, dict[str, Any]]) -> pd.DataFrame:
     df["disk_mb"] = df["disk_bytes"] / 1e6
     base = df[df["checkpoint"] == "base"]
     for ratio, col in RATIOS.items():
+        if col not in df:
+            continue
         ref = float(base[col].iloc[0]) if len(base) and col in df and pd.notna(base[col].iloc[0]) else 0.0
         df[ratio] = df[col] / ref if ref else math.nan
     return df

@@ -8,8 +8,6 @@ the already pruned layers before it, as in the reference implementation.
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
@@ -17,65 +15,10 @@ from torch import nn
 from tqdm import tqdm
 
 from llmshrink.models import decoder_layers
-from llmshrink.params import choice, in_range, integer
-
-MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LayerInput = tuple[torch.Tensor, dict[str, Any]]
+from llmshrink.params import Wanda, choice
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Validated `wanda` params. `m` > 0: prune `n` of every `m` inputs; `m` == 0: prune `sparsity` of each row."""
-
-    n: int
-    m: int
-    sparsity: float
-    modules: tuple[str, ...]
-    dense_layers: tuple[int, ...]
-    samples: int
-    seq_len: int
-
-    @property
-    def pattern(self) -> str:
-        return f"{self.n}:{self.m}" if self.m else "unstructured"
-
-    @property
-    def target(self) -> float:
-        """The share of each row's weights that is zeroed."""
-        return self.n / self.m if self.m else self.sparsity
-
-
-def settings(p: dict[str, Any]) -> Settings:
-    """Validate the `wanda` params section; every error names its parameter."""
-    pattern = p["pattern"]
-    n = m = 0
-    sparsity = 0.0
-    if pattern == "unstructured":
-        value = p["sparsity"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"wanda.sparsity={value!r} must be a number in [0, 1)")
-        sparsity = float(in_range("wanda.sparsity", value, 0, 1, high_open=True))
-    else:
-        found = re.fullmatch(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*", pattern) if isinstance(pattern, str) else None
-        if not found:
-            raise ValueError(f"wanda.pattern={pattern!r} is neither 'N:M' (a quoted string such as \"2:4\") "
-                             "nor 'unstructured'")
-        n, m = int(found[1]), int(found[2])
-        if not 0 <= n < m:
-            raise ValueError(f"wanda.pattern={pattern!r}: N:M needs 0 <= N < M (N of every M inputs are zeroed)")
-    modules = p["modules"]
-    if isinstance(modules, str) or not modules:
-        raise ValueError(f"wanda.modules={modules!r} must be a non-empty list out of {list(MODULES)}")
-    for name in modules:
-        choice("wanda.modules", name, MODULES)
-    dense = p.get("dense_layers") or []
-    for i in dense:
-        integer("wanda.dense_layers", i, 0)
-    return Settings(n, m, sparsity, tuple(modules), tuple(sorted(set(dense))),
-                    integer("wanda.samples", p["samples"], 1), integer("wanda.seq_len", p["seq_len"], 2))
-
-
-def targets(model: nn.Module, s: Settings) -> dict[str, nn.Linear]:
+def targets(model: nn.Module, s: Wanda) -> dict[str, nn.Linear]:
     """The linear modules to prune by name ("layers.3.mlp.down_proj"), after checking them against the model."""
     layers = decoder_layers(model)
     if s.seq_len > model.config.max_position_embeddings:
@@ -88,9 +31,14 @@ def targets(model: nn.Module, s: Settings) -> dict[str, nn.Linear]:
             if i in s.dense_layers or sub.rsplit(".", 1)[-1] not in s.modules:
                 continue
             if s.m and module.in_features % s.m:
-                raise ValueError(f"wanda.pattern={s.pattern!r}: M={s.m} does not divide the row length "
+                raise ValueError(f"wanda.pattern={s.name!r}: M={s.m} does not divide the row length "
                                  f"{module.in_features} of layers.{i}.{sub}")
+            if not s.m and int(module.in_features * s.sparsity) == 0:
+                raise ValueError(f"wanda.pattern={s.name!r} prunes no weight of a row of length {module.in_features} "
+                                 f"(layers.{i}.{sub}); raise the share or set wanda.enabled=false")
             out[f"layers.{i}.{sub}"] = module
+    if not out:
+        raise ValueError(f"wanda.dense_layers={list(s.dense_layers)} leaves no layer to prune; set wanda.enabled=false")
     return out
 
 
@@ -111,7 +59,7 @@ def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask
 
 
-def prune_linear(linear: nn.Linear, norms: torch.Tensor, s: Settings) -> None:
+def prune_linear(linear: nn.Linear, norms: torch.Tensor, s: Wanda) -> None:
     """Zero the lowest-scoring weights of `linear`, score |W_ij| · ‖X_j‖₂."""
     score = linear.weight.detach().abs().double() * norms.to(linear.weight.device)
     mask = nm_mask(score, s.n, s.m) if s.m else row_mask(score, s.sparsity)
@@ -167,7 +115,7 @@ def input_norms(layer: nn.Module, linears: dict[str, nn.Linear], inputs: list[La
 
 
 @torch.no_grad()
-def prune(model: nn.Module, calib: torch.Tensor, s: Settings, batch_size: int = 8) -> dict[str, nn.Linear]:
+def prune(model: nn.Module, calib: torch.Tensor, s: Wanda, batch_size: int = 8) -> dict[str, nn.Linear]:
     """Prune `model` in place with calibration token ids `calib` [samples, seq_len]; returns the pruned modules.
 
     For each decoder layer: gather input norms of its modules in one pass, prune them all, then run the
@@ -185,13 +133,13 @@ def prune(model: nn.Module, calib: torch.Tensor, s: Settings, batch_size: int = 
     return pruned
 
 
-def report(s: Settings, modules: dict[str, nn.Linear]) -> dict[str, Any]:
+def report(s: Wanda, modules: dict[str, nn.Linear]) -> dict[str, Any]:
     """Pattern, overall sparsity (zeros / weights over `modules`) and per-module sparsity."""
     zeros = {name: int((lin.weight == 0).sum()) for name, lin in modules.items()}
     sizes = {name: lin.weight.numel() for name, lin in modules.items()}
     return {
         "enabled": True,
-        "pattern": s.pattern,
+        "pattern": s.name,
         "target": s.target,
         "sparsity": sum(zeros.values()) / sum(sizes.values()),
         "zeros": sum(zeros.values()),

@@ -1,40 +1,38 @@
-"""Stage depth_prune: models/depth = models/base without the `prune.layers` least important unprotected layers.
+"""Stage depth_prune: a checkpoint without its `prune.layers` least important unprotected decoder layers.
 
-The removed original layer indices go to metrics/depth.json and to the checkpoint's config as `removed_layers`.
+The removed original layer indices go to the metrics and to the checkpoint's config as `removed_layers`.
 """
+import argparse
 import json
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
-from llmshrink import depth, models
+from llmshrink import depth, models, params
 from llmshrink.atomic import atomic_dir, write_json
-from llmshrink.params import choice, load_params
-
-BASE = "models/base"
-SCORES = "metrics/layer_scores.json"
-OUT = "models/depth"
-METRICS = "metrics/depth.json"
 
 
-def main() -> None:
-    params = load_params()
-    p = params["prune"]
-    criterion = choice("prune.criterion", p["criterion"], depth.CRITERIA)
-    dtype = choice("model.dtype", params["model"]["dtype"], models.DTYPES)
-    scores = json.loads(Path(SCORES).read_text(encoding="utf-8"))
-    n_layers = AutoConfig.from_pretrained(BASE).num_hidden_layers
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", help="checkpoint folder, e.g. models/base")
+    parser.add_argument("scores", help="layer scores of score_layers, e.g. metrics/layer_scores.json")
+    parser.add_argument("out", help="checkpoint folder to write, e.g. models/depth")
+    parser.add_argument("metrics", help="metrics JSON, e.g. metrics/depth.json")
+    args = parser.parse_args(argv)
+    p = params.load("prune")
+    scores = json.loads(Path(args.scores).read_text(encoding="utf-8"))
+    n_layers = models.read_config(args.model)["num_hidden_layers"]
     if len(scores) != n_layers:
-        raise ValueError(f"{SCORES} scores {len(scores)} layers but {BASE} has {n_layers}: rerun score_layers")
-    removed = depth.layers_to_remove(scores, p["layers"], p["protect_first"], p["protect_last"])
-    model = models.load(BASE)
-    tokenizer = AutoTokenizer.from_pretrained(BASE)
-    record = {"criterion": criterion, **depth.prune(model, removed)}
+        raise ValueError(f"{args.scores} scores {len(scores)} layers but {args.model} has {n_layers}: rerun score_layers")
+    removed = depth.layers_to_remove(scores, p.layers, p.protect_first, p.protect_last)
+    dtype = models.saved_dtype(args.model)
+    model = models.load(args.model, dtype)
+    record = {"criterion": p.criterion, **depth.prune(model, removed)}
     model.config.removed_layers = record["removed"]
-    with atomic_dir(OUT) as tmp:
-        models.save(model, tokenizer, tmp, dtype)
-    write_json(METRICS, record)
-    print(f"{OUT}: removed layers {record['removed']} ({criterion}), "
+    with atomic_dir(args.out) as tmp:
+        models.save(model, AutoTokenizer.from_pretrained(args.model), tmp, dtype)
+    write_json(args.metrics, record)
+    print(f"{args.out}: removed layers {record['removed']} ({p.criterion}), "
           f"{record['params_before']:,} -> {record['params_after']:,} parameters")
 
 

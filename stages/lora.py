@@ -1,38 +1,42 @@
-"""Stage lora: heal models/width with a LoRA adapter, merged into models/lora (adapter kept in models/lora/adapter)."""
+"""Stage lora: heal a checkpoint with a LoRA adapter, merged into the weights (the adapter kept in `adapter/`)."""
+import argparse
+
 from transformers import AutoTokenizer
 
-from llmshrink import models
-from llmshrink.atomic import atomic_dir, atomic_file, copy_dir, write_json
-from llmshrink.lora import heal, training_batches, validate
-from llmshrink.params import choice, load_params
+from llmshrink import models, params
+from llmshrink.atomic import atomic_dir, atomic_file, write_json
+from llmshrink.lora import heal, training_batches
 
-SRC, OUT, DATA = "models/width", "models/lora", "data"
-METRICS, LOSS_CSV = "metrics/lora.json", "metrics/lora_loss.csv"
 
-def main() -> None:
-    params = load_params()
-    p, dtype = params["lora"], params["model"]["dtype"]
-    validate(p)
-    choice("model.dtype", dtype, models.DTYPES)
-    if not p["enabled"]:
-        copy_dir(SRC, OUT)
-        losses, metrics = [], {"enabled": False}
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", help="checkpoint folder, e.g. models/width")
+    parser.add_argument("text", help="fine-tuning text (lora.dataset=wikitext), e.g. data/finetune.txt")
+    parser.add_argument("qa", help="QA training records (lora.dataset=triviaqa), e.g. data/qa_train.jsonl")
+    parser.add_argument("out", help="checkpoint folder to write, e.g. models/lora")
+    parser.add_argument("metrics", help="metrics JSON, e.g. metrics/lora.json")
+    parser.add_argument("loss", help="loss per step CSV, e.g. metrics/lora_loss.csv")
+    args = parser.parse_args(argv)
+    p, seed = params.load("lora"), params.load("seed")
+    losses: list[float] = []
+    if not p.enabled:
+        metrics = models.passthrough(args.model, args.out)
+        print(f"{args.out}: copy of {args.model} (lora.enabled=false)")
     else:
-        tokenizer = AutoTokenizer.from_pretrained(SRC)
-        batches = training_batches(tokenizer, DATA, p)
-        model = models.load(SRC)
-        with atomic_dir(OUT) as tmp:
-            healed = heal(model, batches, p, tmp / "adapter")
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        batches = training_batches(tokenizer, args.text, args.qa, p, seed)
+        dtype = models.saved_dtype(args.model)
+        model = models.load(args.model, "float32")  # fp32 master weights; bf16 autocast on a GPU
+        with atomic_dir(args.out) as tmp:
+            healed = heal(model, batches, p, seed, tmp / models.ADAPTER_DIR)
             models.save(healed.model, tokenizer, tmp, dtype)
         losses, metrics = healed.losses, {"enabled": True, **healed.metrics}
-    write_json(METRICS, metrics)
-    with atomic_file(LOSS_CSV) as f:
-        f.write("step,loss\n" + "".join(f"{i},{loss:.6f}\n" for i, loss in enumerate(losses, 1)))
-    if losses:
-        print(f"{OUT}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps, "
+        print(f"{args.out}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps, "
               f"target sparsity {metrics['sparsity_before']:.3f} -> {metrics['sparsity_after']:.3f}")
-    else:
-        print(f"{OUT}: copied from {SRC} (lora.enabled=false)")
+    write_json(args.metrics, metrics)
+    with atomic_file(args.loss) as f:
+        f.write("step,loss\n" + "".join(f"{i},{loss:.6f}\n" for i, loss in enumerate(losses, 1)))
+
 
 if __name__ == "__main__":
     main()

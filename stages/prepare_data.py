@@ -1,21 +1,26 @@
-"""Stage prepare_data: calibration, fine-tuning, perplexity and QA text under data/ from `data.source`."""
+"""Stage prepare_data: calibration, fine-tuning, perplexity and QA text from `data.source` into a folder."""
+import argparse
 import tempfile
 from pathlib import Path
 
+from llmshrink import params
+from llmshrink.atomic import remove_stale
 from llmshrink.data import FILES, prepare
-from llmshrink.params import load_params
-
-OUT = Path("data")
 
 
-def main() -> None:
-    sets = prepare(load_params()["data"])
-    OUT.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out", help=f"folder to write {', '.join(FILES)} into, e.g. data")
+    args = parser.parse_args(argv)
+    sets = prepare(params.load("data"), params.load("seed"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out / "prepare")
+    with tempfile.TemporaryDirectory(prefix=".prepare.", dir=out) as tmp:  # all files written, then moved in
         sets.write(Path(tmp))
         for name in FILES:
-            (Path(tmp) / name).replace(OUT / name)
-    print(f"data/: {len(sets.calibration):,} calibration chars, {len(sets.finetune):,} fine-tuning chars, "
+            (Path(tmp) / name).replace(out / name)
+    print(f"{out}/: {len(sets.calibration):,} calibration chars, {len(sets.finetune):,} fine-tuning chars, "
           f"{len(sets.perplexity):,} perplexity chars, {len(sets.qa)} + {len(sets.qa_train)} QA")
 
 

@@ -1,27 +1,26 @@
-"""Stage prepare_model: the base checkpoint in models/base from `model.source`."""
-from llmshrink import models
+"""Stage prepare_model: the base checkpoint from `model.source`, saved in `model.dtype`."""
+import argparse
+
+from llmshrink import models, params
 from llmshrink.atomic import atomic_dir
-from llmshrink.params import choice, load_params
-
-OUT = "models/base"
 
 
-def main() -> None:
-    params = load_params()
-    p = params["model"]
-    choice("model.dtype", p["dtype"], models.DTYPES)
-    source = choice("model.source", p["source"], ("embedded", "hub", "local", "tiny"))
-    if source == "embedded":
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out", help="checkpoint folder to write, e.g. models/base")
+    args = parser.parse_args(argv)
+    p, seed = params.load("model"), params.load("seed")
+    if p.source == "embedded":
         model, tokenizer = models.load_embedded()
-    elif source == "hub":
-        model, tokenizer = models.load_hub(p["hub_id"])
-    elif source == "local":
-        model, tokenizer = models.load_local(p["local_path"])
+    elif p.source == "hub":
+        model, tokenizer = models.load_hub(p.hub_id)
+    elif p.source == "local":
+        model, tokenizer = models.load_local(p.local_path)
     else:
-        model, tokenizer = models.tiny_model(p["tiny"], params["seed"])
-    with atomic_dir(OUT) as tmp:
-        models.save(model, tokenizer, tmp, p["dtype"])
-    print(f"{OUT}: {model.config.model_type}, {model.config.num_hidden_layers} layers, "
+        model, tokenizer = models.tiny_model(p.tiny, seed)
+    with atomic_dir(args.out) as tmp:
+        models.save(model, tokenizer, tmp, p.dtype)
+    print(f"{args.out}: {model.config.model_type}, {model.config.num_hidden_layers} layers, "
           f"{sum(t.numel() for t in model.parameters()):,} parameters")
 
 

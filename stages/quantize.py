@@ -1,19 +1,26 @@
-"""Stage quantize: GPTQ of models/lora into models/gptq with GPTQModel (a copy when gptq.enabled is false)."""
+"""Stage quantize: GPTQ of a checkpoint with GPTQModel (a copy when gptq.enabled is false)."""
+import argparse
 from pathlib import Path
 
-from llmshrink import quantize
+from llmshrink import models, params, quantize
 from llmshrink.atomic import write_json
-from llmshrink.params import load_params
-
-SRC, OUT, METRICS = "models/lora", "models/gptq", "metrics/gptq.json"
 
 
-def main() -> None:
-    params = load_params()
-    text = Path("data/calibration.txt").read_text(encoding="utf-8")
-    metrics = quantize.gptq(SRC, OUT, params["gptq"], text, params["seed"])
-    write_json(METRICS, metrics)
-    print(f"{OUT}: {metrics}")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", help="checkpoint folder, e.g. models/lora")
+    parser.add_argument("calibration", help="calibration text, e.g. data/calibration.txt")
+    parser.add_argument("out", help="checkpoint folder to write, e.g. models/gptq")
+    parser.add_argument("metrics", help="metrics JSON, e.g. metrics/gptq.json")
+    args = parser.parse_args(argv)
+    p, seed = params.load("gptq"), params.load("seed")
+    if not p.enabled:
+        metrics = models.passthrough(args.model, args.out)
+    else:
+        text = Path(args.calibration).read_text(encoding="utf-8")
+        metrics = quantize.gptq(args.model, args.out, p, text, seed)
+    write_json(args.metrics, metrics)
+    print(f"{args.out}: {metrics}")
 
 
 if __name__ == "__main__":

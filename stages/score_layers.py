@@ -1,36 +1,32 @@
-"""Stage score_layers: importance of every decoder layer of models/base on calibration text.
+"""Stage score_layers: importance of every decoder layer of a checkpoint on calibration text.
 
-Writes metrics/layer_scores.json, `[{"layer": i, "score": s}, ...]`, HIGHER = MORE IMPORTANT for every
-`prune.criterion` (for `ppl` the score is the perplexity with that layer removed).
+Writes `[{"layer": i, "score": s}, ...]`, HIGHER = MORE IMPORTANT for every `prune.criterion`
+(for `ppl` the score is the perplexity with that layer removed).
 """
+import argparse
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import depth, models
+from llmshrink import depth, hardware, models, params
 from llmshrink.atomic import write_json
 from llmshrink.calib import token_windows
-from llmshrink.params import choice, in_range, load_params
-
-BASE = "models/base"
-CALIBRATION = "data/calibration.txt"
-OUT = "metrics/layer_scores.json"
 
 
-def main() -> None:
-    params = load_params()
-    p = params["prune"]
-    criterion = choice("prune.criterion", p["criterion"], depth.CRITERIA)
-    in_range("prune.samples", p["samples"], 1, float("inf"))
-    in_range("prune.seq_len", p["seq_len"], 2, float("inf"))
-    model = models.load(BASE)
-    tokenizer = AutoTokenizer.from_pretrained(BASE)
-    text = Path(CALIBRATION).read_text(encoding="utf-8")
-    windows = token_windows(tokenizer, text, p["samples"], p["seq_len"], params["seed"])
-    scores = depth.score_layers(model, windows, criterion)
-    write_json(OUT, scores)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", help="checkpoint folder, e.g. models/base")
+    parser.add_argument("calibration", help="calibration text, e.g. data/calibration.txt")
+    parser.add_argument("out", help="layer scores JSON, e.g. metrics/layer_scores.json")
+    args = parser.parse_args(argv)
+    p, seed = params.load("prune"), params.load("seed")
+    model = models.load(args.model, hardware.work_dtype())
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    windows = token_windows(tokenizer, Path(args.calibration).read_text(encoding="utf-8"), p.samples, p.seq_len, seed)
+    scores = depth.score_layers(model, windows, p.criterion)
+    write_json(args.out, scores)
     ranked = sorted(scores, key=lambda s: s["score"])
-    print(f"{OUT}: {criterion}, least important layers {[s['layer'] for s in ranked[:5]]}")
+    print(f"{args.out}: {p.criterion}, least important layers {[s['layer'] for s in ranked[:5]]}")
 
 
 if __name__ == "__main__":

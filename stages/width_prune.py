@@ -1,38 +1,40 @@
-"""Stage width_prune: WANDA on models/depth into models/width, sparsity in metrics/width.json."""
+"""Stage width_prune: WANDA on a checkpoint (a copy when wanda.enabled is false), sparsity into the metrics."""
+import argparse
 import time
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import models, wanda
-from llmshrink.atomic import atomic_dir, copy_dir, write_json
+from llmshrink import hardware, models, params, wanda
+from llmshrink.atomic import atomic_dir, write_json
 from llmshrink.calib import token_windows
-from llmshrink.params import choice, load_params
-
-SRC, OUT, CALIB, METRICS = "models/depth", "models/width", "data/calibration.txt", "metrics/width.json"
 
 
-def main() -> None:
-    params = load_params()
-    p = params["wanda"]
-    dtype = choice("model.dtype", params["model"]["dtype"], models.DTYPES)
-    if not choice("wanda.enabled", p["enabled"], (True, False)):
-        copy_dir(SRC, OUT)
-        write_json(METRICS, {"enabled": False, "pattern": "dense", "target": 0.0, "sparsity": 0.0, "modules": {}})
-        print(f"{OUT}: copy of {SRC} (wanda.enabled=false)")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", help="checkpoint folder, e.g. models/depth")
+    parser.add_argument("calibration", help="calibration text, e.g. data/calibration.txt")
+    parser.add_argument("out", help="checkpoint folder to write, e.g. models/width")
+    parser.add_argument("metrics", help="metrics JSON, e.g. metrics/width.json")
+    args = parser.parse_args(argv)
+    p, seed = params.load("wanda"), params.load("seed")
+    if not p.enabled:
+        write_json(args.metrics, models.passthrough(args.model, args.out))
+        print(f"{args.out}: copy of {args.model} (wanda.enabled=false)")
         return
-    s = wanda.settings(p)
-    model = models.load(SRC)
-    tokenizer = AutoTokenizer.from_pretrained(SRC)
-    calib = token_windows(tokenizer, Path(CALIB).read_text(encoding="utf-8"), s.samples, s.seq_len, params["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    dtype = models.saved_dtype(args.model)
+    model = models.load(args.model, hardware.work_dtype())
+    wanda.targets(model, p)  # model-dependent checks before the calibration pass
+    calib = token_windows(tokenizer, Path(args.calibration).read_text(encoding="utf-8"), p.samples, p.seq_len, seed)
     start = time.perf_counter()
-    pruned = wanda.prune(model, calib, s)
+    pruned = wanda.prune(model, calib, p)
     seconds = time.perf_counter() - start
-    with atomic_dir(OUT) as tmp:
+    with atomic_dir(args.out) as tmp:
         models.save(model, tokenizer, tmp, dtype)
-    metrics = wanda.report(s, pruned)  # counted after the cast to the saved dtype
-    write_json(METRICS, metrics)
-    print(f"{OUT}: {s.pattern}, sparsity {metrics['sparsity']:.4f} over {len(pruned)} modules in {seconds:.1f} s")
+    metrics = {**wanda.report(p, pruned), "seconds": round(seconds, 1)}  # counted after the cast to the saved dtype
+    write_json(args.metrics, metrics)
+    print(f"{args.out}: {p.name}, sparsity {metrics['sparsity']:.4f} over {len(pruned)} modules in {seconds:.1f} s")
 
 
 if __name__ == "__main__":

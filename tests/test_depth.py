@@ -12,7 +12,7 @@ import yaml
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from llmshrink import depth, models
-from llmshrink.evaluate import perplexity
+from llmshrink.perplexity import perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DIMS = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["tiny"]

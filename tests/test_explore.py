@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from llmshrink import depth, explore, models
 from llmshrink.calib import tokenize
-from llmshrink.evaluate import perplexity, windows
+from llmshrink.perplexity import perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
