@@ -65,7 +65,7 @@ def scratch(path: str | Path) -> Iterator[Path]:
     """A folder `.<name>.scratch` beside the output `path`, used as the process's temporary directory
     (`tempfile` and `TMPDIR`) inside the block and removed afterwards, whatever happens."""
     path = Path(path)
-    folder = path.parent / f".{path.name}.scratch"
+    folder = (path.parent / f".{path.name}.scratch").resolve()
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     saved = tempfile.tempdir, os.environ.get("TMPDIR")

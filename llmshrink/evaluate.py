@@ -1,7 +1,6 @@
-"""Evaluation of a loaded checkpoint beyond perplexity (`llmshrink.perplexity`): its size and speed."""
+"""Size of a loaded checkpoint (parameters, non-zeros, bytes) and the dtype it computes in."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,36 +43,3 @@ def model_size(model: torch.nn.Module, path: str | Path) -> dict[str, int]:
     for t in {id(t): t for t in tensors if isinstance(t, torch.Tensor)}.values():
         params, nonzero = params + t.numel(), nonzero + int(torch.count_nonzero(t))
     return {"params": params, "params_nonzero": nonzero, "disk_bytes": dir_bytes(path), "weight_bytes_fp16": 2 * params}
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-@torch.no_grad()
-def _prefill_decode(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """Seconds for one forward over `prompt` and for `new_tokens` greedy steps with the KV cache."""
-    dev = prompt.device
-    _sync(dev)
-    start = time.perf_counter()
-    out = model(prompt, use_cache=True)
-    _sync(dev)
-    prefill = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(new_tokens):
-        token = out.logits[:, -1:].argmax(-1)
-        out = model(token, cache=out.cache, use_cache=True)
-    _sync(dev)
-    return prefill, time.perf_counter() - start
-
-
-def speed(model: torch.nn.Module, prompt_tokens: int, new_tokens: int, seed: int = 0) -> dict[str, Any]:
-    """Prefill and decode throughput (tokens/s, batch 1) on a fixed random prompt, after one warm-up run."""
-    dev = model.device
-    g = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_tokens), generator=g).to(dev)
-    _prefill_decode(model, prompt[:, : min(prompt_tokens, 16)], min(new_tokens, 2))
-    prefill, decode = _prefill_decode(model, prompt, new_tokens)
-    return {"prefill_tok_s": prompt_tokens / prefill, "decode_tok_s": new_tokens / decode,
-            "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "device": dev.type}

@@ -7,7 +7,6 @@ exactly zero in W are zeroed again in W' (W' <- W' * M, M = [W != 0]).
 """
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,9 +156,7 @@ def heal(model: PreTrainedModel, batches: list[Batch], p: Lora, seed: int, adapt
     trainable = sum(w.numel() for w in peft_model.parameters() if w.requires_grad)
     device = hardware.device()
     autocast = hardware.autocast_dtype(device)
-    start = time.perf_counter()
     losses = train(peft_model, batches, p, seed, progress)
-    seconds = time.perf_counter() - start
     peft_model.save_pretrained(adapter_dir)
     merged = peft_model.merge_and_unload()
     weights = target_weights(merged, p.targets)
@@ -173,7 +170,6 @@ def heal(model: PreTrainedModel, batches: list[Batch], p: Lora, seed: int, adapt
         "steps": p.steps,
         "first_loss": losses[0],
         "last_loss": losses[-1],
-        "train_seconds": round(seconds, 2),
         "device": hardware.name(device),
         "dtype": f"{autocast} autocast".replace("torch.", "") if autocast else "float32",
         "trainable_params": trainable,

@@ -276,19 +276,37 @@ class Eval:
     max_new_tokens: int
     chat_template: bool
     dtype: str
-    speed_prompt_tokens: int
-    speed_new_tokens: int
     lm_eval: bool | str
 
     def __post_init__(self) -> None:
-        for key, low in (("seq_len", 2), ("batch_size", 1), ("max_new_tokens", 1),
-                         ("speed_prompt_tokens", 1), ("speed_new_tokens", 1)):
+        for key, low in (("seq_len", 2), ("batch_size", 1), ("max_new_tokens", 1)):
             integer(f"eval.{key}", getattr(self, key), low)
         cap("eval.max_windows", self.max_windows)
         cap("eval.limit", self.limit)
         flag("eval.chat_template", self.chat_template)
         choice("eval.dtype", self.dtype, ("auto", *DTYPES))
         choice("eval.lm_eval", self.lm_eval, (False, True, "hub"))
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Speed of every checkpoint, side by side in one process."""
+
+    dtype: str
+    rounds: int
+    prompt_tokens: int
+    new_tokens: int
+    batch_sizes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        choice("benchmark.dtype", self.dtype, ("auto", *DTYPES))
+        integer("benchmark.rounds", self.rounds, 1)
+        integer("benchmark.prompt_tokens", self.prompt_tokens, 16)
+        integer("benchmark.new_tokens", self.new_tokens, 1)
+        if not isinstance(self.batch_sizes, (list, tuple)) or not self.batch_sizes:
+            raise ValueError(f"benchmark.batch_sizes={self.batch_sizes!r} must be a non-empty list of integers >= 1")
+        sizes = tuple(integer("benchmark.batch_sizes", b, 1) for b in self.batch_sizes)
+        object.__setattr__(self, "batch_sizes", sizes)
 
 
 @dataclass(frozen=True)
@@ -312,7 +330,7 @@ class Explore:
 
 
 SECTIONS = {"model": Model, "data": Data, "prune": Prune, "wanda": Wanda, "lora": Lora, "gptq": Gptq,
-            "eora": Eora, "eval": Eval, "explore": Explore}
+            "eora": Eora, "eval": Eval, "benchmark": Benchmark, "explore": Explore}
 
 
 def load(section: str, path: str | Path = "params.yaml") -> Any:

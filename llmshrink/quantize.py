@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +72,6 @@ def gptq(src: str | Path, out: str | Path, p: Gptq, text: str, seed: int, on: to
     calib = calibration(src, text, p.samples, p.seq_len, seed)
     from gptqmodel import GPTQModel, QuantizeConfig
 
-    start = time.perf_counter()
     with atomic_dir(out) as tmp, scratch(out) as work:
         # GPTQModel's default bf16 is emulated and about twice as slow on CPUs without AMX/AVX512-BF16
         dtype, keep = hardware.DTYPES[hardware.resolve_dtype("auto", on)], models.saved_dtype(src)
@@ -89,9 +87,8 @@ def gptq(src: str | Path, out: str | Path, p: Gptq, text: str, seed: int, on: to
                     t.data = t.data.to(hardware.DTYPES[keep])
         model.save(str(tmp))
         models.canonicalize(tmp)
-    seconds = time.perf_counter() - start
     settings = {k: getattr(p, k) for k in (*QUANT_KEYS, "samples", "seq_len")}
-    return {"enabled": True, **settings, "device": hardware.name(on), "seconds": round(seconds, 1),
+    return {"enabled": True, **settings, "device": hardware.name(on),
             "bytes": models.dir_bytes(out), "source_bytes": models.dir_bytes(src)}
 
 
@@ -108,7 +105,6 @@ def eora(reference: str | Path, quantized: str | Path, out: str | Path, p: Eora,
     from gptqmodel import GPTQModel
     from gptqmodel.adapter.adapter import Lora
 
-    start = time.perf_counter()
     with atomic_dir(out) as tmp, scratch(out):
         shutil.copytree(quantized, tmp, dirs_exist_ok=True)
         # GPTQModel torch.compiles the dequantization it calls once per layer here: eager is faster.
@@ -122,7 +118,6 @@ def eora(reference: str | Path, quantized: str | Path, out: str | Path, p: Eora,
                 device=on.type,
             )
         models.canonicalize(tmp)
-    seconds = time.perf_counter() - start
     return {"enabled": True, "rank": p.rank, "samples": p.samples, "seq_len": p.seq_len, "device": hardware.name(on),
-            "seconds": round(seconds, 1), "adapter_bytes": models.dir_bytes(Path(out) / models.ADAPTER_DIR),
+            "adapter_bytes": models.dir_bytes(Path(out) / models.ADAPTER_DIR),
             "bytes": models.dir_bytes(out)}

@@ -21,11 +21,17 @@ RATIOS = {
 }
 
 
-def read_metrics(eval_dir: str | Path, order: list[str]) -> dict[str, dict[str, Any]]:
-    """The `<name>.json` files of `eval_dir` that exist, the checkpoints of `order` first in that order."""
+def read_metrics(eval_dir: str | Path, order: list[str], benchmark: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The `<name>.json` files of `eval_dir` that exist, the checkpoints of `order` first in that order, each with
+    its tokens/s and peak memory from the side-by-side benchmark (section `speed`) when it has them."""
     files = {f.stem: f for f in Path(eval_dir).glob("*.json")}
     names = [n for n in order if n in files] + sorted(set(files) - set(order))
-    return {n: json.loads(files[n].read_text(encoding="utf-8")) for n in names}
+    metrics = {n: json.loads(files[n].read_text(encoding="utf-8")) for n in names}
+    speed = json.loads(Path(benchmark).read_text(encoding="utf-8"))["checkpoints"] if benchmark else {}
+    for name, m in metrics.items():
+        if name in speed:
+            m["speed"] = {k: v for k, v in speed[name].items() if k.endswith("tok_s") or k == "peak_mem_bytes"}
+    return metrics
 
 
 def flatten(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import depth, models, params
+from llmshrink import depth, models, params, timing
 from llmshrink.atomic import atomic_dir, write_json
 
 
@@ -37,4 +37,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with timing.stage("depth_prune"):
+        main()

@@ -5,7 +5,7 @@ the metrics say which."""
 import argparse
 from pathlib import Path
 
-from llmshrink import models, params, quantize
+from llmshrink import models, params, quantize, timing
 from llmshrink.atomic import write_json
 
 
@@ -29,4 +29,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with timing.stage("eora"):
+        main()

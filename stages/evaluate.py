@@ -1,10 +1,11 @@
 """Stage evaluate: perplexity, TriviaQA and size of one checkpoint into its metrics JSON."""
 import argparse
+import sys
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import evaluate, hardware, harness, models, params, perplexity, qa
+from llmshrink import evaluate, hardware, harness, models, params, perplexity, qa, timing
 from llmshrink.atomic import write_json
 
 
@@ -37,4 +38,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with timing.stage("evaluate@" + Path(sys.argv[1]).name):
+        main()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import explore, hardware, models, params, qa
+from llmshrink import explore, hardware, models, params, qa, timing
 from llmshrink.atomic import write_json
 
 
@@ -32,4 +32,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with timing.stage("explore_layers"):
+        main()

@@ -3,7 +3,7 @@ import argparse
 
 from transformers import AutoTokenizer
 
-from llmshrink import models, params
+from llmshrink import models, params, timing
 from llmshrink.atomic import atomic_dir, atomic_file, write_json
 from llmshrink.lora import heal, training_batches
 
@@ -39,4 +39,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with timing.stage("lora"):
+        main()

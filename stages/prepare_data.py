@@ -3,7 +3,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from llmshrink import params
+from llmshrink import params, timing
 from llmshrink.atomic import remove_stale
 from llmshrink.data import FILES, prepare
 
@@ -25,4 +25,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with timing.stage("prepare_data"):
+        main()

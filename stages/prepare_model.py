@@ -1,7 +1,7 @@
 """Stage prepare_model: the base checkpoint from `model.source`, saved in `model.dtype`."""
 import argparse
 
-from llmshrink import models, params
+from llmshrink import models, params, timing
 from llmshrink.atomic import atomic_dir
 
 
@@ -25,4 +25,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with timing.stage("prepare_model"):
+        main()

@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from llmshrink import models, params, quantize
+from llmshrink import models, params, quantize, timing
 from llmshrink.atomic import write_json
 
 
@@ -24,4 +24,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with timing.stage("quantize"):
+        main()

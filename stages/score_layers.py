@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import depth, hardware, models, params
+from llmshrink import depth, hardware, models, params, timing
 from llmshrink.atomic import write_json
 from llmshrink.calib import token_windows
 
@@ -30,4 +30,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with timing.stage("score_layers"):
+        main()

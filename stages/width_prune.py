@@ -1,11 +1,10 @@
 """Stage width_prune: WANDA on a checkpoint (a copy when wanda.enabled is false), sparsity into the metrics."""
 import argparse
-import time
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import hardware, models, params, wanda
+from llmshrink import hardware, models, params, timing, wanda
 from llmshrink.atomic import atomic_dir, write_json
 from llmshrink.calib import token_windows
 
@@ -27,15 +26,14 @@ def main(argv: list[str] | None = None) -> None:
     model = models.load(args.model, hardware.work_dtype())
     wanda.targets(model, p)  # model-dependent checks before the calibration pass
     calib = token_windows(tokenizer, Path(args.calibration).read_text(encoding="utf-8"), p.samples, p.seq_len, seed)
-    start = time.perf_counter()
     pruned = wanda.prune(model, calib, p)
-    seconds = time.perf_counter() - start
     with atomic_dir(args.out) as tmp:
         models.save(model, tokenizer, tmp, dtype)
-    metrics = {**wanda.report(p, pruned), "seconds": round(seconds, 1)}  # counted after the cast to the saved dtype
+    metrics = wanda.report(p, pruned)  # counted after the cast to the saved dtype
     write_json(args.metrics, metrics)
-    print(f"{args.out}: {p.name}, sparsity {metrics['sparsity']:.4f} over {len(pruned)} modules in {seconds:.1f} s")
+    print(f"{args.out}: {p.name}, sparsity {metrics['sparsity']:.4f} over {len(pruned)} modules")
 
 
 if __name__ == "__main__":
-    main()
+    with timing.stage("width_prune"):
+        main()

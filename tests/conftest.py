@@ -4,13 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from llmshrink import models
+from llmshrink.params import read
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-TINY_DIMS = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["tiny"]
+TINY_DIMS = read(ROOT / "params.yaml")["model"]["tiny"]
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,15 @@ import yaml
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from llmshrink import depth, models
+from llmshrink.params import read
 from llmshrink.perplexity import perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_DIMS = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["tiny"]
+TINY_DIMS = read(ROOT / "params.yaml")["model"]["tiny"]
+ARGS = {  # the paths of dvc.yaml
+    "score_layers": ["models/base", "data/calibration.txt", "metrics/layer_scores.json"],
+    "depth_prune": ["models/base", "metrics/layer_scores.json", "models/depth", "metrics/depth.json"],
+}
 IDENTITY = 5  # the layer made an identity in the ranking test
 PRUNE = {"criterion": "block_influence", "samples": 4, "seq_len": 64, "layers": 3, "protect_first": 1, "protect_last": 1}
 
@@ -28,9 +33,8 @@ class Skip(torch.nn.Module):
 
 
 def make_workdir(path: Path, tiny_dir: Path, prose: str, **prune) -> Path:
-    """A pipeline folder: params.yaml (float32 checkpoints), models/base = the tiny model, calibration text."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["model"]["dtype"] = "float32"
+    """A pipeline folder: params.yaml, models/base = the tiny model (float32), calibration text."""
+    params = read(ROOT / "params.yaml")
     params["prune"].update({**PRUNE, **prune})
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     (path / "models").mkdir()
@@ -41,11 +45,11 @@ def make_workdir(path: Path, tiny_dir: Path, prose: str, **prune) -> Path:
 
 
 def run_stage(name: str, workdir: Path) -> None:
-    """Run stages/<name>.py as `python stages/<name>.py` from `workdir`."""
+    """Run stages/<name>.py's main with the arguments of dvc.yaml from `workdir`."""
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
-        runpy.run_path(str(ROOT / "stages" / f"{name}.py"), run_name="__main__")
+        runpy.run_path(str(ROOT / "stages" / f"{name}.py"))["main"](ARGS[name])
     finally:
         os.chdir(cwd)
 
@@ -179,7 +183,9 @@ def test_zero_layers_passes_model_through(tmp_path: Path, tiny_dir: Path, prose:
         ("depth_prune", {"layers": 7}, r"prune\.layers=7 is out of range; allowed \[0, 6\]"),
         ("depth_prune", {"layers": -1}, r"prune\.layers=-1 is out of range"),
         ("depth_prune", {"protect_first": -1}, r"prune\.protect_first=-1"),
-        ("depth_prune", {"protect_last": 8}, r"prune\.protect_last=8 is out of range; allowed \[0, 7\]"),
+        ("depth_prune", {"protect_last": 9}, r"prune\.protect_last=9 is out of range; allowed \[0, 8\]"),
+        ("depth_prune", {"protect_first": 7, "protect_last": 2},
+         r"prune\.protect_first=7 \+ prune\.protect_last=2 protect more than the model's 8 layers"),
         ("depth_prune", {"layers": 1.5}, r"prune\.layers=1\.5 must be an integer"),
         ("depth_prune", {"criterion": "random"}, r"prune\.criterion='random'.*'ppl', 'taylor', 'magnitude', 'block_influence'"),
         ("score_layers", {"criterion": "random"}, r"prune\.criterion='random'.*'ppl'"),

@@ -1,4 +1,4 @@
-"""Perplexity, size, speed, dtype choice, lm-eval on local files, and the evaluate stage end to end."""
+"""Perplexity, size, speed (benchmark), dtype choice, lm-eval on local files, and the evaluate stage end to end."""
 from __future__ import annotations
 
 import json
@@ -15,11 +15,12 @@ import torch
 import yaml
 from transformers import AutoTokenizer
 
-from llmshrink import evaluate, harness, models
+from llmshrink import benchmark, evaluate, hardware, harness, models, params, perplexity
 from llmshrink.calib import tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
-EVAL = yaml.safe_load((ROOT / "params.yaml").read_text())["eval"]
+EVAL = params.read(ROOT / "params.yaml")["eval"]
+STAGE_ARGS = ["models/tiny", "data/perplexity.txt", "data/qa.jsonl", "metrics/eval/tiny.json"]
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +30,17 @@ def tiny(tiny_dir):
 
 def test_windows_count_every_token_once():
     ids = torch.arange(11)
-    chunks = evaluate.windows(ids, 4)
+    chunks = perplexity.windows(ids, 4)
     assert [len(c) for c in chunks] == [4, 4, 3]
     assert torch.equal(torch.cat(chunks), ids)
-    assert len(evaluate.windows(ids, 4, max_windows=2)) == 2
-    assert [len(c) for c in evaluate.windows(torch.arange(9), 4)] == [4, 4]  # a 1-token tail predicts nothing
+    assert len(perplexity.windows(ids, 4, max_windows=2)) == 2
+    assert [len(c) for c in perplexity.windows(torch.arange(9), 4)] == [4, 4]  # a 1-token tail predicts nothing
 
 
 def test_perplexity_equals_a_manual_loop(tiny, prose):
     model, tokenizer = tiny
     text = prose[:3000]
-    out = evaluate.text_perplexity(model, tokenizer, text, seq_len=64, batch_size=3, max_windows=None)
+    out = perplexity.text_perplexity(model, tokenizer, text, seq_len=64, batch_size=3, max_windows=None)
     nll, count = 0.0, 0
     with torch.no_grad():
         for w in tokenize(tokenizer, text).split(64):
@@ -50,24 +51,27 @@ def test_perplexity_equals_a_manual_loop(tiny, prose):
     assert out["ppl"] == pytest.approx(math.exp(nll / count), rel=1e-4)
 
 
-def test_check_params_names_the_bad_parameter():
-    assert evaluate.check_params(dict(EVAL)) == EVAL
-    for key, bad, named in [("dtype", "float16", "eval.dtype"), ("limit", 0, "eval.limit"),
+def test_eval_params_name_the_bad_parameter():
+    e = params.Eval(**EVAL)
+    assert {k: getattr(e, k) for k in EVAL} == EVAL
+    for key, bad, named in [("dtype", "int8", "eval.dtype"), ("limit", 0, "eval.limit"),
                             ("seq_len", 1, "eval.seq_len"), ("lm_eval", "yes", "eval.lm_eval"),
                             ("max_windows", 2.5, "eval.max_windows"), ("batch_size", 0, "eval.batch_size")]:
         with pytest.raises(ValueError, match=re.escape(named)):
-            evaluate.check_params({**EVAL, key: bad})
+            params.Eval(**{**EVAL, key: bad})
 
 
-def test_auto_dtype_follows_cpu_flags(tmp_path):
-    with_amx, without = tmp_path / "amx", tmp_path / "plain"
-    with_amx.write_text("flags\t\t: fpu sse avx512f amx_bf16 amx_tile\n")
-    without.write_text("flags\t\t: fpu sse avx512f avx512_vnni\n")
-    assert evaluate.cpu_has_bf16(with_amx) and not evaluate.cpu_has_bf16(without)
-    assert not evaluate.cpu_has_bf16(tmp_path / "missing")
+def test_auto_dtype_is_the_faster_one_on_cpu(monkeypatch):
     cpu = torch.device("cpu")
-    assert evaluate.resolve_dtype("float32", cpu) == "float32"
-    assert evaluate.resolve_dtype("auto", cpu) == ("bfloat16" if evaluate.cpu_has_bf16() else "float32")
+    assert hardware.resolve_dtype("float32", cpu) == "float32"
+    assert hardware.resolve_dtype("bfloat16", cpu) == "bfloat16"
+    assert hardware.resolve_dtype("auto", cpu) in ("bfloat16", "float32")
+    assert hardware.work_dtype(cpu) == "float32" and hardware.autocast_dtype(cpu) is None
+    for bf16, fp32, want in [(300.0, 100.0, "bfloat16"), (162.0, 297.0, "float32"), (105.0, 100.0, "float32")]:
+        monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype: bf16 if dtype == torch.bfloat16 else fp32)
+        hardware.fastest_cpu_dtype.cache_clear()
+        assert hardware.resolve_dtype("auto", cpu) == want, (bf16, fp32)
+    hardware.fastest_cpu_dtype.cache_clear()
 
 
 def test_size_counts_unique_and_nonzero_parameters(tiny_dir):
@@ -114,11 +118,19 @@ def test_size_counts_quantized_layers_logically(tmp_path):
     assert size["disk_bytes"] == 123
 
 
-def test_speed_reports_positive_throughput(tiny):
-    model, _ = tiny
-    out = evaluate.speed(model, prompt_tokens=16, new_tokens=4)
-    assert out["prefill_tok_s"] > 0 and out["decode_tok_s"] > 0 and out["device"] == "cpu"
-    assert (out["prompt_tokens"], out["new_tokens"]) == (16, 4)
+def test_speed_reports_positive_throughput(tiny_dir):
+    """Speed moved out of the evaluate stage into the side-by-side benchmark."""
+    out = benchmark.run({"base": tiny_dir, "again": tiny_dir}, "float32", rounds=2, prompt_tokens=16, new_tokens=4,
+                        batch_sizes=[1, 2])
+    assert out["settings"]["device"] == "cpu" and out["settings"]["baseline"] == "base"
+    assert (out["settings"]["prompt_tokens"], out["settings"]["new_tokens"]) == (16, 4)
+    for name, r in out["checkpoints"].items():
+        for key in ("prefill_tok_s", "decode_tok_s", "prefill_tok_s_b2", "decode_tok_s_b2"):
+            assert r[key] > 0, (name, key)
+        assert r["spread"]["decode_tok_s"]["min"] <= r["decode_tok_s"] <= r["spread"]["decode_tok_s"]["max"]
+        assert r["dtype"] == "float32"
+    base = out["checkpoints"]["base"]
+    assert base["prefill_vs_base"] == base["decode_vs_base"] == 1.0
 
 
 def test_lm_eval_wikitext_on_local_text_matches_our_loglikelihood(tiny):
@@ -144,23 +156,22 @@ def test_evaluate_stage_end_to_end(tiny_dir, tmp_path, prose):
                 "context": "Paris is the capital and largest city of France."},
                {"question": "Who wrote Hamlet?", "answer": "Shakespeare", "aliases": ["Shakespeare"], "context": None}]
     (tmp_path / "data" / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    params = {"eval": {**EVAL, "seq_len": 64, "max_windows": 5, "limit": 2, "max_new_tokens": 4,
-                       "speed_prompt_tokens": 16, "speed_new_tokens": 4}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), "tiny"], cwd=tmp_path, check=True)
+    p = {"eval": {**EVAL, "seq_len": 64, "max_windows": 5, "limit": 2, "max_new_tokens": 4}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), *STAGE_ARGS], cwd=tmp_path, check=True)
     m = json.loads((tmp_path / "metrics" / "eval" / "tiny.json").read_text())
     assert m["wikitext"]["tokens"] == 5 * 63 and m["wikitext"]["ppl"] > 1
     assert m["triviaqa"]["n"] == 2 and 0 <= m["triviaqa"]["exact_match"] <= m["triviaqa"]["match"] <= 1
     assert m["triviaqa"]["open_n"] == 1 and 0 <= m["triviaqa"]["open_exact_match"] <= 1
     assert m["size"]["params"] >= m["size"]["params_nonzero"] > 0
     assert m["size"]["disk_bytes"] > 0 and m["size"]["weight_bytes_fp16"] == 2 * m["size"]["params"]
-    assert m["speed"]["prefill_tok_s"] > 0 and m["speed"]["decode_tok_s"] > 0 and m["speed"]["device"] == "cpu"
+    assert "speed" not in m  # measured side by side by the benchmark stage
     assert m["dtype"] in ("float32", "bfloat16")
 
 
 def test_evaluate_stage_refuses_bad_params_before_writing(tiny_dir, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"eval": {**EVAL, "dtype": "int8"}}))
-    done = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), "tiny"], cwd=tmp_path,
+    done = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), *STAGE_ARGS], cwd=tmp_path,
                           capture_output=True, text=True)
     assert done.returncode != 0 and "eval.dtype" in done.stderr
     assert not (tmp_path / "metrics").exists()

@@ -14,12 +14,14 @@ import torch
 import yaml
 from transformers import AutoTokenizer
 
-from llmshrink import depth, explore, models
+from llmshrink import depth, explore, models, params
 from llmshrink.calib import tokenize
 from llmshrink.perplexity import perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+PARAMS = params.read(ROOT / "params.yaml")
+STAGE_ARGS = ["models/base", "data/perplexity.txt", "data/qa.jsonl", "metrics/explore_layers.csv",
+              "metrics/explore_samples.json"]
 N = PARAMS["model"]["tiny"]["num_hidden_layers"]  # 8
 RECORDS = [{"question": "What is the capital of France?", "answer": "Paris", "aliases": ["Paris"],
             "context": "Paris is the capital and largest city of France."},
@@ -49,27 +51,36 @@ def test_orders():
     assert explore.layer_order("o", {"keep": "odd", "skip": [7]}, N) == [1, 3, 5]
     assert explore.layer_order("r", {"repeat": {3: 2, "5": 3}}, N) == [0, 1, 2, 3, 3, 4, 5, 5, 5, 6, 7]
     assert explore.layer_order("k", {"keep": [0, 4, 4, 7]}, N) == [0, 4, 4, 7]
+    # anchors scale with the layer count: first = 0, mid = N // 2, last = N - 1; negative indices count from the end
+    assert explore.layer_order("a", {"skip": ["mid-1", "mid", "mid+1"]}, N) == [0, 1, 2, 6, 7]
+    assert explore.layer_order("a", {"skip": ["last", "last-1", -3, "first", "first+1"]}, N) == [2, 3, 4]
+    assert explore.layer_order("a", {"repeat": {"mid": 2, -1: 2}}, N) == [0, 1, 2, 3, 4, 4, 5, 6, 7, 7]
+    assert explore.layer_order("a", {"skip": ["mid"]}, 30) == [i for i in range(30) if i != 15]
+    assert explore.layer_order("a", {"keep": ["first", " mid - 2 ", "last"]}, N) == [0, 2, 7]
     assert explore.describe([0, 1, 2, 3, 3, 4, 5, 5, 5, 6, 7]) == "0-2,3x2,4,5x3,6-7"
     assert explore.describe([0, 2, 4, 6]) == "0,2,4,6"
 
 
 @pytest.mark.parametrize("spec, message", [
     ({"drop": [1]}, r"explore\.configs\.bad: unknown key\(s\) \['drop'\]"),
-    ({"skip": [N]}, rf"explore\.configs\.bad\.skip={N} is out of range; allowed \[0, {N - 1}\]"),
-    ({"skip": [-1]}, r"explore\.configs\.bad\.skip=-1 is out of range"),
+    ({"skip": [N]}, rf"explore\.configs\.bad\.skip={N} is outside the model's layers \[0, {N - 1}\]"),
+    ({"skip": [-N - 1]}, r"explore\.configs\.bad\.skip=-1 is outside the model's layers"),
+    ({"skip": ["last+1"]}, rf"explore\.configs\.bad\.skip={N} is outside the model's layers"),
+    ({"skip": ["middle"]}, r"explore\.configs\.bad\.skip='middle' must be a layer index or an anchor"),
+    ({"skip": [1.5]}, r"explore\.configs\.bad\.skip=1\.5 must be a layer index or an anchor"),
     ({"skip": 3}, r"explore\.configs\.bad\.skip=3 must be a list"),
     ({"repeat": {3: 0}}, r"explore\.configs\.bad\.repeat\.3=0 is out of range; allowed \[1, inf\]"),
     ({"repeat": {3: 1.5}}, r"explore\.configs\.bad\.repeat\.3=1\.5 must be an integer"),
-    ({"repeat": {N + 2: 2}}, rf"explore\.configs\.bad\.repeat={N + 2} is out of range"),
+    ({"repeat": {N + 2: 2}}, rf"explore\.configs\.bad\.repeat={N + 2} is outside the model's layers"),
     ({"repeat": {2: 2}, "skip": [2]}, r"explore\.configs\.bad\.repeat: layer\(s\) \[2\] are skipped"),
     ({"keep": "prime"}, r"explore\.configs\.bad\.keep='prime' is not allowed; choose one of \['all', 'even', 'odd'\]"),
     ({"skip": list(range(N))}, r"explore\.configs\.bad keeps no layer"),
     ([1, 2], r"explore\.configs\.bad=\[1, 2\] must be a mapping"),
 ])
 def test_invalid_configs_name_the_config(spec, message):
-    p = {**PARAMS["explore"], "configs": {"base": {}, "bad": spec}}
+    p = params.Explore(**{**PARAMS["explore"], "configs": {"base": {}, "bad": spec}})
     with pytest.raises(ValueError, match=message):
-        explore.check_params(p, N)
+        explore.orders(p, N)
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -79,7 +90,7 @@ def test_invalid_configs_name_the_config(spec, message):
 ])
 def test_invalid_params_name_the_parameter(key, value, message):
     with pytest.raises(ValueError, match=message):
-        explore.check_params({**PARAMS["explore"], key: value}, N)
+        params.Explore(**{**PARAMS["explore"], key: value})
 
 
 def test_empty_config_reproduces_base_logits_exactly(tiny, ids):
@@ -125,15 +136,17 @@ def test_repeat_generates_the_same_with_and_without_cache(tiny, ids):
 
 def test_explore_scores_every_config(tiny, prose):
     model, tokenizer = tiny
-    e = {**PARAMS["eval"], "seq_len": 64, "max_windows": 3, "limit": 2, "max_new_tokens": 4, "batch_size": 2}
-    orders = explore.check_params({**PARAMS["explore"], "configs": {"base": {}, "even": {"keep": "even"}}}, N)
+    e = params.Eval(**{**PARAMS["eval"], "seq_len": 64, "max_windows": 3, "limit": 2, "max_new_tokens": 4,
+                       "batch_size": 2})
+    orders = explore.orders(params.Explore(**{**PARAMS["explore"], "configs": {"base": {}, "even": {"keep": "even"}}}), N)
     rows, samples = explore.explore(model, tokenizer, orders, prose[:20000], RECORDS, e, "The capital of France is", 5)
     chunks = windows(tokenize(tokenizer, prose[:20000]), 64, 3)
     assert rows[0]["ppl"] == pytest.approx(perplexity(model, chunks, 2)[0], rel=1e-6)
     with depth.layers_kept(model, [0, 2, 4, 6]):
         assert rows[1]["ppl"] == pytest.approx(perplexity(model, chunks, 2)[0], rel=1e-6)
     assert [r["config"] for r in rows] == ["base", "even"] and [r["layers"] for r in rows] == [N, N // 2]
-    assert all(0 <= r["exact_match"] <= r["match"] <= 1 and r["seconds"] >= r["ppl_seconds"] > 0 for r in rows)
+    assert all(0 <= r["exact_match"] <= r["match"] <= 1 and list(r) == list(explore.COLUMNS) for r in rows)
+    assert not {"seconds", "ppl_seconds", "ppl_tok_s"} & set(explore.COLUMNS)  # no timings: a pure function of its inputs
     assert samples["configs"]["even"]["order"] == "0,2,4,6" and isinstance(samples["configs"]["base"]["sample"], str)
 
 
@@ -142,19 +155,19 @@ def stage_dir(tmp_path: Path, tiny_dir: Path, prose: str, configs: dict) -> Path
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "perplexity.txt").write_text(prose[:20000])
     (tmp_path / "data" / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    params = {"eval": {**PARAMS["eval"], "seq_len": 64, "max_windows": 2, "limit": 2, "max_new_tokens": 4},
-              "explore": {**PARAMS["explore"], "sample_tokens": 6, "configs": configs}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    p = {"eval": {**PARAMS["eval"], "seq_len": 64, "max_windows": 2, "limit": 2, "max_new_tokens": 4},
+         "explore": {**PARAMS["explore"], "sample_tokens": 6, "configs": configs}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     return tmp_path
 
 
 def run_stage(cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "stages" / "explore_layers.py")], cwd=cwd,
+    return subprocess.run([sys.executable, str(ROOT / "stages" / "explore_layers.py"), *STAGE_ARGS], cwd=cwd,
                           capture_output=True, text=True)
 
 
 def test_stage_end_to_end(tiny_dir, tmp_path, prose):
-    cwd = stage_dir(tmp_path, tiny_dir, prose, {"base": {}, "skip": {"skip": [5, 6]}, "repeat": {"repeat": {4: 2}}})
+    cwd = stage_dir(tmp_path, tiny_dir, prose, {"base": {}, "skip": {"skip": [5, "last-1"]}, "repeat": {"repeat": {"mid": 2}}})
     done = run_stage(cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(cwd / "metrics" / "explore_layers.csv") as f:
@@ -170,23 +183,27 @@ def test_stage_end_to_end(tiny_dir, tmp_path, prose):
 def test_stage_refuses_bad_config_before_writing(tiny_dir, tmp_path, prose):
     cwd = stage_dir(tmp_path, tiny_dir, prose, {"base": {}, "too_deep": {"skip": [8]}})
     done = run_stage(cwd)
-    assert done.returncode != 0 and "explore.configs.too_deep.skip=8 is out of range" in done.stderr
+    assert done.returncode != 0 and "explore.configs.too_deep.skip=8 is outside the model's layers" in done.stderr
     assert not (cwd / "metrics").exists()
 
 
 @pytest.mark.slow
 def test_embedded_middle_changes_cost_little_early_ones_break_the_model(embedded_dir, shared_data):
     """On SmolLM2-135M (WikiText-2, 2 x 512 tokens): skipping three middle layers or running layer 14 twice
-    at most triples perplexity; dropping layers 1-2 or keeping only the even layers breaks the model."""
+    at most triples perplexity; dropping layers 1-2 or keeping only the even layers breaks the model.
+    The configurations are those of params.yaml, whose anchors give the thesis's layers on its 30 layers."""
     model, tokenizer = models.load(embedded_dir), AutoTokenizer.from_pretrained(embedded_dir)
     rows = json.loads((shared_data / "wikitext2" / "test_rows.json").read_text())
     chunks = windows(tokenize(tokenizer, "\n\n".join(rows)), 512, 2)
-    configs = {"base": {}, "skip_mid_3": {"skip": [14, 15, 16]}, "repeat_14": {"repeat": {14: 2}},
-               "skip_early_2": {"skip": [1, 2]}, "even_only": {"keep": "even"}}
+    names = ("base", "skip_mid_3", "repeat_mid", "skip_early_2", "even_only")
+    configs = {name: PARAMS["explore"]["configs"][name] for name in names}
+    orders = explore.orders(params.Explore(**{**PARAMS["explore"], "configs": configs}), 30)
+    assert orders["skip_mid_3"] == [i for i in range(30) if i not in (14, 15, 16)]
+    assert orders["repeat_mid"] == [*range(15), 14, *range(15, 30)]
     ppl = {}
-    for name, order in explore.check_params({**PARAMS["explore"], "configs": configs}, 30).items():
+    for name, order in orders.items():
         with depth.layers_kept(model, order):
             ppl[name] = perplexity(model, chunks, 4, progress=False)[0]
-    assert ppl["base"] < min(ppl["skip_mid_3"], ppl["repeat_14"])
-    assert max(ppl["skip_mid_3"], ppl["repeat_14"]) < 3 * ppl["base"]
+    assert ppl["base"] < min(ppl["skip_mid_3"], ppl["repeat_mid"])
+    assert max(ppl["skip_mid_3"], ppl["repeat_mid"]) < 3 * ppl["base"]
     assert min(ppl["skip_early_2"], ppl["even_only"]) > 100 * ppl["base"]

@@ -11,19 +11,27 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmshrink import lora, models
+from llmshrink import lora, models, params
 from llmshrink.data import qa_record
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+PARAMS = params.read(ROOT / "params.yaml")
+SEED = PARAMS["seed"]
+STAGE_ARGS = ["models/width", "data/finetune.txt", "data/qa_train.jsonl", "models/lora", "metrics/lora.json",
+              "metrics/lora_loss.csv"]
 FAST = {"steps": 15, "batch_size": 4, "seq_len": 32, "lr": 1e-2}
 FACTS = [("What is the capital of France?", "Paris"), ("Who wrote Hamlet?", "William Shakespeare"),
          ("What is the chemical symbol for gold?", "Au"), ("How many legs does a spider have?", "Eight")]
 TEXT = " ".join(f"{q} {a}." for q, a in FACTS) * 100  # repetitive, so a few steps visibly lower the loss
 
 
-def lora_params(**overrides: object) -> dict:
+def lora_section(**overrides: object) -> dict:
+    """The lora params section as written to params.yaml."""
     return {**PARAMS["lora"], **FAST, **overrides}
+
+
+def lora_params(**overrides: object) -> params.Lora:
+    return params.Lora(**lora_section(**overrides))
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +49,10 @@ def pruned_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_stage(workdir: Path, pruned_dir: Path, dtype: str = "float32", **overrides: object) -> None:
-    """Run stages/lora.py's main in `workdir` laid out as the repo (params.yaml, models/width, data/)."""
-    params = {**PARAMS, "model": {**PARAMS["model"], "dtype": dtype}, "lora": lora_params(**overrides)}
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+def run_stage(workdir: Path, pruned_dir: Path, **overrides: object) -> None:
+    """Run stages/lora.py's main in `workdir` laid out as the repo (params.yaml, models/width = `pruned_dir`,
+    data/) with the paths of dvc.yaml."""
+    (workdir / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "lora": lora_section(**overrides)}))
     (workdir / "models").mkdir(exist_ok=True)
     if not (workdir / "models" / "width").exists():
         (workdir / "models" / "width").symlink_to(pruned_dir)
@@ -55,7 +63,7 @@ def run_stage(workdir: Path, pruned_dir: Path, dtype: str = "float32", **overrid
     spec = importlib.util.spec_from_file_location("stage_lora", ROOT / "stages" / "lora.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    stage.main()
+    stage.main(STAGE_ARGS)
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +84,24 @@ def target_zeros(path: Path) -> dict[str, torch.Tensor]:
     return {k: w == 0 for k, w in lora.target_weights(model, PARAMS["lora"]["targets"]).items()}
 
 
+@pytest.fixture(scope="module")
+def pruned_bf16_dir(pruned_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`pruned_dir` saved in bfloat16 (as the pipeline's checkpoints are)."""
+    path = tmp_path_factory.mktemp("pruned_bf16")
+    models.save(models.load(pruned_dir), AutoTokenizer.from_pretrained(pruned_dir), path, "bfloat16")
+    return path
+
+
 @pytest.mark.parametrize("dataset", ["wikitext", "triviaqa"])
 def test_training_lowers_loss(pruned_dir: Path, tmp_path: Path, dataset: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(pruned_dir)
     (tmp_path / "finetune.txt").write_text(TEXT)
     (tmp_path / "qa_train.jsonl").write_text("".join(json.dumps(qa_record(q, a, [])) + "\n" for q, a in FACTS))
     p = lora_params(dataset=dataset)
-    batches = lora.training_batches(tokenizer, tmp_path, p)
-    healed = lora.heal(models.load(pruned_dir), batches, p, tmp_path / "adapter", progress=False)
+    batches = lora.training_batches(tokenizer, tmp_path / "finetune.txt", tmp_path / "qa_train.jsonl", p, SEED)
+    healed = lora.heal(models.load(pruned_dir), batches, p, SEED, tmp_path / "adapter", progress=False)
     losses = healed.losses
-    assert len(losses) == p["steps"]
+    assert len(losses) == p.steps
     assert sum(losses[-3:]) / 3 < losses[0] - 0.5, losses
 
 
@@ -109,22 +125,24 @@ def test_merged_equals_adapter(dense_run: Path, pruned_dir: Path) -> None:
     assert csv[0] == "step,loss" and len(csv) == 1 + FAST["steps"]
 
 
-def test_keep_sparsity(pruned_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keep_sparsity(pruned_dir: Path, pruned_bf16_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    run_stage(tmp_path, pruned_dir, dtype="bfloat16", keep_sparsity=True)
+    run_stage(tmp_path, pruned_bf16_dir, keep_sparsity=True)
+    assert models.saved_dtype(tmp_path / "models" / "lora") == "bfloat16"  # the dtype of its input checkpoint
     before, after = target_zeros(pruned_dir), target_zeros(tmp_path / "models" / "lora")
     assert all(after[k][z].all() for k, z in before.items())  # every pruned position is still exactly zero
     assert sum(int(z.sum()) for z in after.values()) == sum(int(z.sum()) for z in before.values())
     metrics = json.loads((tmp_path / "metrics" / "lora.json").read_text())
     assert metrics["sparsity_after"] == pytest.approx(metrics["sparsity_before"]) and metrics["sparsity_before"] > 0.12
-    assert metrics["first_loss"] > metrics["last_loss"] and metrics["device"] == "cpu"
+    assert metrics["first_loss"] > metrics["last_loss"] and metrics["device"] == "cpu" and metrics["enabled"]
 
 
 def test_deterministic(pruned_dir: Path, tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(pruned_dir)
     p = lora_params(steps=5)
     runs = [
-        lora.heal(models.load(pruned_dir), lora.text_batches(tokenizer, TEXT, p), p, tmp_path / str(i), progress=False)
+        lora.heal(models.load(pruned_dir), lora.text_batches(tokenizer, TEXT, p, SEED), p, SEED, tmp_path / str(i),
+                  progress=False)
         for i in range(2)
     ]
     assert runs[0].losses == runs[1].losses
@@ -137,11 +155,14 @@ def test_disabled_copies(pruned_dir: Path, tmp_path: Path, monkeypatch: pytest.M
     run_stage(tmp_path, pruned_dir, enabled=False)
     for f in pruned_dir.iterdir():
         assert (tmp_path / "models" / "lora" / f.name).read_bytes() == f.read_bytes()
-    assert json.loads((tmp_path / "metrics" / "lora.json").read_text()) == {"enabled": False}
+    assert json.loads((tmp_path / "metrics" / "lora.json").read_text()) == {
+        "enabled": False, "copied_from": "models/width", "bytes": models.dir_bytes(pruned_dir)}
+    assert (tmp_path / "metrics" / "lora_loss.csv").read_text() == "step,loss\n"
 
 
 @pytest.mark.parametrize("name, value", [
     ("dataset", "c4"), ("rank", 0), ("dropout", 1.0), ("dropout", -0.1), ("steps", 0), ("targets", ["nope_proj"]),
+    ("seed", 0),  # the top-level `seed` is the only seed
 ])
 def test_bad_params(pruned_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                     name: str, value: object) -> None:

@@ -7,18 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
 from llmshrink import models
+from llmshrink.params import read
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL = read(ROOT / "params.yaml")["model"]
 
 
-def run_stage(tmp_path: Path, params: str) -> subprocess.CompletedProcess:
-    """Run stages/prepare_model.py in `tmp_path` with the given params.yaml text."""
-    (tmp_path / "params.yaml").write_text(params)
+def run_stage(tmp_path: Path, model: dict) -> subprocess.CompletedProcess:
+    """Run stages/prepare_model.py in `tmp_path` with the repo's model section updated by `model`."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 0, "model": {**MODEL, **model}}))
     return subprocess.run(
-        [sys.executable, str(ROOT / "stages" / "prepare_model.py")], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, str(ROOT / "stages" / "prepare_model.py"), "models/base"], cwd=tmp_path,
+        capture_output=True, text=True,
     )
 
 
@@ -78,13 +82,30 @@ def test_hub_unreachable_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.parametrize(
     "params, message",
     [
-        ("seed: 0\nmodel: {source: nowhere, dtype: bfloat16}\n", "model.source='nowhere'"),
-        ("seed: 0\nmodel: {source: local, local_path: /nonexistent, dtype: bfloat16}\n", "model.local_path"),
-        ("seed: 0\nmodel: {source: tiny, dtype: float8}\n", "model.dtype='float8'"),
+        ({"source": "nowhere", "dtype": "bfloat16"}, "model.source='nowhere'"),
+        ({"source": "local", "local_path": "/nonexistent", "dtype": "bfloat16"}, "model.local_path"),
+        ({"source": "tiny", "dtype": "float8"}, "model.dtype='float8'"),
+        ({"source": "tiny", "tiny": {**MODEL["tiny"], "hidden_size": 0}}, "model.tiny.hidden_size=0"),
     ],
 )
-def test_bad_params_fail_without_output(tmp_path: Path, params: str, message: str) -> None:
+def test_bad_params_fail_without_output(tmp_path: Path, params: dict, message: str) -> None:
     done = run_stage(tmp_path, params)
     assert done.returncode != 0
     assert message in done.stderr
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_inspection_and_passthrough(tiny_dir: Path, tmp_path: Path) -> None:
+    assert models.saved_dtype(tiny_dir) == "float32"
+    assert models.quant_method(tiny_dir) is None and not models.is_quantized(tiny_dir)
+    shapes = models.linear_shapes(tiny_dir)
+    assert len(shapes) == 7 * 8 and shapes["layers.0.mlp.down_proj"] == (128, 64)
+    bf16 = tmp_path / "bf16"
+    models.save(models.load(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir), bf16, "bfloat16")
+    assert models.saved_dtype(bf16) == "bfloat16"
+    assert models.load(bf16, "bfloat16").dtype == torch.bfloat16
+    metrics = models.passthrough(tiny_dir, tmp_path / "copy")
+    assert metrics == {"enabled": False, "copied_from": str(tiny_dir), "bytes": models.dir_bytes(tiny_dir)}
+    assert all((tmp_path / "copy" / f.name).read_bytes() == f.read_bytes() for f in tiny_dir.iterdir())
+    with pytest.raises(FileNotFoundError, match="nowhere is not a checkpoint folder"):
+        models.load(tmp_path / "nowhere")

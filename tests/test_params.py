@@ -3,21 +3,22 @@ from pathlib import Path
 
 import pytest
 
-from llmshrink.params import choice, in_range, integer, load_params
+from llmshrink import params
+from llmshrink.params import choice, in_range, integer, read
 
 
 def test_unquoted_n_m_pattern_stays_a_string(tmp_path: Path) -> None:
     # `dvc exp run -S wanda.pattern=2:4` writes the value unquoted; YAML 1.1 would read 124 (base 60).
     path = tmp_path / "params.yaml"
     path.write_text("wanda:\n  pattern: 2:4\nexplore:\n  repeat: {14: 2}\n  limit: null\n")
-    assert load_params(path) == {"wanda": {"pattern": "2:4"}, "explore": {"repeat": {14: 2}, "limit": None}}
+    assert read(path) == {"wanda": {"pattern": "2:4"}, "explore": {"repeat": {14: 2}, "limit": None}}
 
 
 def test_errors_name_the_parameter() -> None:
     with pytest.raises(ValueError, match=r"prune\.criterion='size' is not allowed; choose one of \['ppl', 'taylor'\]"):
         choice("prune.criterion", "size", ["ppl", "taylor"])
-    with pytest.raises(ValueError, match=r"wanda\.sparsity=1\.0 is out of range; allowed \[0, 1\)"):
-        in_range("wanda.sparsity", 1.0, 0, 1, high_open=True)
+    with pytest.raises(ValueError, match=r"lora\.dropout=1\.0 is out of range; allowed \[0, 1\)"):
+        in_range("lora.dropout", 1.0, 0, 1, high_open=True)
     assert in_range("prune.layers", 2, 0, 24) == 2
 
 
@@ -28,3 +29,29 @@ def test_integer_refuses_bools_floats_and_out_of_range() -> None:
             integer("lora.steps", bad, 1)
     with pytest.raises(ValueError, match=r"lora\.steps=0 is out of range; allowed \[1, inf\]"):
         integer("lora.steps", 0, 1)
+
+
+def test_every_section_of_the_repo_params_loads(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1] / "params.yaml"
+    assert params.load("seed", root) == 0
+    for section, cls in params.SECTIONS.items():
+        assert isinstance(params.load(section, root), cls), section
+    w = params.load("wanda", root)
+    assert (w.n, w.m, w.target, w.name) == (1, 8, 0.125, "1:8")
+    with pytest.raises(ValueError, match=r"params\.yaml has no section 'nope'"):
+        params.load("nope", root)
+
+
+def test_load_refuses_unknown_missing_and_bad_values(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: -1\neora: {enabled: true, rank: 8, samples: 4, seq_len: 64, seed: 0}\n")
+    with pytest.raises(ValueError, match=r"seed=-1 is out of range; allowed \[0, inf\]"):
+        params.load("seed", path)
+    with pytest.raises(ValueError, match=r"eora\.seed is not a parameter"):
+        params.load("eora", path)
+    path.write_text("eora: {enabled: true, rank: 8, samples: 4}\n")
+    with pytest.raises(ValueError, match=r"eora\.seq_len is missing from params\.yaml"):
+        params.load("eora", path)
+    path.write_text("eora: {enabled: yes, rank: 8, samples: 4, seq_len: 64}\n")  # YAML 1.2: `yes` is a string
+    with pytest.raises(ValueError, match=r"eora\.enabled='yes' is not allowed"):
+        params.load("eora", path)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmshrink import params as params_file
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_model", "prepare_data", "score_layers", "depth_prune", "width_prune", "lora",
           "quantize", "eora", "evaluate@base", "evaluate@eora", "report", "explore_layers"]
@@ -22,7 +24,8 @@ TINY_OVERRIDES = {
     "eora": {"samples": 4, "seq_len": 64},
     "eval": {"max_windows": 2, "limit": 4, "max_new_tokens": 4, "speed_prompt_tokens": 16, "speed_new_tokens": 4},
     "explore": {"max_windows": 2, "limit": 4,
-                "configs": {"base": {}, "skip": {"skip": [5, 6]}, "repeat": {"repeat": {4: 2}}}},
+                # anchors: mid = 4 of the tiny model's 8 layers, so skip [5, 6] and repeat layer 4 twice
+                "configs": {"base": {}, "skip": {"skip": ["mid+1", "last-1"]}, "repeat": {"repeat": {"mid": 2}}}},
 }
 
 
@@ -43,7 +46,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
     shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
     shutil.rmtree(repo / ".dvc" / "tmp", ignore_errors=True)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = params_file.read(repo / "params.yaml")  # YAML 1.2, as DVC reads it
     for section, values in TINY_OVERRIDES.items():
         params[section].update(values)
     params["explore"]["configs"] = TINY_OVERRIDES["explore"]["configs"]
@@ -81,3 +84,12 @@ def test_changing_prune_layers_does_not_rescore(repo: Path) -> None:
     assert "Running stage 'evaluate@base'" not in out
     diff = sh(repo, "dvc", "exp", "diff")
     assert "prune.layers" in diff and "metrics/eval/depth.json" in diff
+
+
+def test_explore_anchors_resolve_on_the_tiny_model(repo: Path) -> None:
+    import csv
+
+    with open(repo / "metrics" / "explore_layers.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["config"], int(r["layers"]), r["order"]) for r in rows] == \
+        [("base", 8, "0-7"), ("skip", 6, "0-4,7"), ("repeat", 9, "0-3,4x2,5-7")]

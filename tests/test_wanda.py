@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import runpy
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,13 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmshrink import models, wanda
+from llmshrink import models, params, wanda
 from llmshrink.calib import token_windows
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
-PROJ = wanda.MODULES
+BASE = params.read(ROOT / "params.yaml")
+PROJ = params.MODULES
+STAGE_ARGS = ["models/depth", "data/calibration.txt", "models/width", "metrics/width.json"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def calib(tiny_dir: Path, prose: str) -> torch.Tensor:
 
 def pruned(tiny_dir: Path, calib: torch.Tensor, **overrides) -> torch.nn.Module:
     model = models.load(tiny_dir)
-    wanda.prune(model, calib, wanda.settings({**BASE["wanda"], **overrides}), batch_size=3)
+    wanda.prune(model, calib, params.Wanda(**{**BASE["wanda"], **overrides}), batch_size=3)
     return model
 
 
@@ -86,7 +86,7 @@ def test_layer0_zeros_are_the_lowest_scores(tiny_dir, calib, pattern):
 def test_unstructured_zeros_are_the_lowest_scores_of_each_row(tiny_dir, calib):
     dense = models.load(tiny_dir)
     norms = own_norms(dense, calib, 0)
-    model = pruned(tiny_dir, calib, pattern="unstructured", sparsity=0.3)
+    model = pruned(tiny_dir, calib, pattern="unstructured:0.3")
     for name, w in linears(dense, 0).items():
         k = int(w.shape[1] * 0.3)
         want = expected_mask(w, norms[name], k, w.shape[1])  # one group = the whole row
@@ -121,18 +121,27 @@ def test_dense_layers_and_unlisted_modules_stay_dense(tiny_dir, calib):
                 assert zeros == w.numel() // 2, (layer, name)
 
 
-@pytest.mark.parametrize("overrides", [{"pattern": "0:4"}, {"pattern": "unstructured", "sparsity": 0.0}])
-def test_nothing_pruned_leaves_the_model_unchanged(tiny_dir, calib, overrides):
-    want = models.load(tiny_dir).state_dict()
-    got = pruned(tiny_dir, calib, **overrides).state_dict()
-    assert all(torch.equal(got[k], want[k]) for k in want)
+@pytest.mark.parametrize("pattern", ["0:4", "unstructured:0", "unstructured:0.0"])
+def test_a_pattern_that_prunes_nothing_is_refused(pattern):
+    # pruning nothing is `wanda.enabled: false` (the stage then copies the model, see below), not a zero pattern
+    with pytest.raises(ValueError, match=r"wanda\.pattern"):
+        params.Wanda(**{**BASE["wanda"], "pattern": pattern})
+
+
+@pytest.mark.parametrize("pattern, n, m, target, name", [
+    ("1:8", 1, 8, 0.125, "1:8"), (" 2 : 4 ", 2, 4, 0.5, "2:4"), ("unstructured:0.5", 0, 0, 0.5, "unstructured:0.5"),
+])
+def test_pattern_is_parsed(pattern, n, m, target, name):
+    s = params.Wanda(**{**BASE["wanda"], "pattern": pattern, "dense_layers": [3, 1, 3]})
+    assert (s.n, s.m, s.target, s.name, s.dense_layers) == (n, m, target, name, (1, 3))
 
 
 def stage_dir(tmp_path: Path, tiny_dir: Path, prose: str, monkeypatch, **wanda_params) -> Path:
-    """A pipeline workspace with params.yaml, models/depth (the tiny model) and data/calibration.txt."""
-    params = {**BASE, "wanda": {**BASE["wanda"], "samples": 6, "seq_len": 48, **wanda_params}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    shutil.copytree(tiny_dir, tmp_path / "models" / "depth")
+    """A pipeline workspace with params.yaml, models/depth (the tiny model, saved in bfloat16) and
+    data/calibration.txt."""
+    p = {**BASE, "wanda": {**BASE["wanda"], "samples": 6, "seq_len": 48, **wanda_params}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    models.save(models.load(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir), tmp_path / "models" / "depth", "bfloat16")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "calibration.txt").write_text(prose)
     monkeypatch.chdir(tmp_path)
@@ -140,7 +149,8 @@ def stage_dir(tmp_path: Path, tiny_dir: Path, prose: str, monkeypatch, **wanda_p
 
 
 def run_stage() -> None:
-    runpy.run_path(str(ROOT / "stages" / "width_prune.py"), run_name="__main__")
+    """stages/width_prune.py with the paths of dvc.yaml, from the current directory."""
+    runpy.run_path(str(ROOT / "stages" / "width_prune.py"))["main"](STAGE_ARGS)
 
 
 def test_stage_metric_counts_the_zeros_of_the_saved_checkpoint(tmp_path, tiny_dir, prose, monkeypatch):
@@ -150,7 +160,7 @@ def test_stage_metric_counts_the_zeros_of_the_saved_checkpoint(tmp_path, tiny_di
     weights = load_file(work / "models" / "width" / "model.safetensors")
     counted = {k.removeprefix("model.").removesuffix(".weight"): int((w == 0).sum())
                for k, w in weights.items() if k.rsplit(".", 2)[-2] in PROJ and not k.startswith("model.layers.2.")}
-    assert {w.dtype for w in weights.values()} == {torch.bfloat16}
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}  # the dtype of its input checkpoint
     assert set(metrics["modules"]) == set(counted) and len(counted) == 7 * 7
     for name, zeros in counted.items():
         assert metrics["modules"][name] == zeros / weights[f"model.{name}.weight"].numel()
@@ -166,7 +176,8 @@ def test_stage_disabled_copies_the_depth_model(tmp_path, tiny_dir, prose, monkey
     src, out = work / "models" / "depth", work / "models" / "width"
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())
     assert all((out / p.name).read_bytes() == p.read_bytes() for p in src.iterdir())
-    assert json.loads((work / "metrics" / "width.json").read_text())["sparsity"] == 0.0
+    metrics = json.loads((work / "metrics" / "width.json").read_text())
+    assert metrics == {"enabled": False, "copied_from": "models/depth", "bytes": models.dir_bytes(src)}
 
 
 @pytest.mark.parametrize(
@@ -178,8 +189,12 @@ def test_stage_disabled_copies_the_depth_model(tmp_path, tiny_dir, prose, monkey
         ({"pattern": "2-4"}, "wanda.pattern"),
         ({"pattern": 68}, "wanda.pattern"),  # YAML 1.1 reads an unquoted 1:8 as 68
         ({"pattern": "3:6"}, "wanda.pattern"),  # 6 divides no row length (64, 128) of the tiny model
-        ({"pattern": "unstructured", "sparsity": 1.0}, "wanda.sparsity"),
-        ({"pattern": "unstructured", "sparsity": -0.1}, "wanda.sparsity"),
+        ({"pattern": "unstructured:1.0"}, "wanda.pattern"),
+        ({"pattern": "unstructured:-0.1"}, "wanda.pattern"),
+        ({"pattern": "unstructured"}, "wanda.pattern"),  # the share is part of the pattern now
+        ({"pattern": "unstructured:0.01"}, "wanda.pattern"),  # prunes no weight of a row of 64 or 128
+        ({"sparsity": 0.5}, "wanda.sparsity"),  # no longer a parameter
+        ({"dense_layers": list(range(8))}, "wanda.dense_layers"),  # leaves nothing to prune
         ({"modules": ["q_proj", "w_proj"]}, "wanda.modules"),
         ({"modules": []}, "wanda.modules"),
         ({"dense_layers": [8]}, "wanda.dense_layers"),

@@ -1,0 +1,117 @@
+"""Speed side by side: every checkpoint loaded in one process and timed in interleaved rounds on the same prompts.
+
+A time is only meaningful next to another measured on the same machine at the same time, so each round times
+every checkpoint once (prefill of the prompt, then greedy decode with the KV cache, at each batch size), and the
+result is the median over rounds with its spread (min, max) and its ratio to the base checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from tqdm import tqdm
+
+from llmshrink import hardware, models
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on: CPU model and relevant flags, threads, GPU, torch version."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+               platform.processor())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    return {
+        "cpu": cpu,
+        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"}),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+    }
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+@torch.no_grad()
+def prefill_decode(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """Seconds for one forward pass over `prompt` [B, T] and for `new_tokens` greedy steps with the KV cache."""
+    dev = prompt.device
+    _sync(dev)
+    start = time.perf_counter()
+    out = model(prompt, use_cache=True)
+    _sync(dev)
+    prefill = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        token = out.logits[:, -1:].argmax(-1)
+        out = model(token, past_key_values=out.past_key_values, use_cache=True)
+    _sync(dev)
+    return prefill, time.perf_counter() - start
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run(paths: dict[str, str | Path], dtype: str, rounds: int, prompt_tokens: int, new_tokens: int,
+        batch_sizes: list[int], seed: int = 0) -> dict[str, Any]:
+    """Load every checkpoint of `paths` (name -> folder; the first is the baseline), then time them in `rounds`
+    interleaved rounds after one warm-up each. Returns `{"machine", "settings", "checkpoints": {name: {...}}}`
+    with tokens/s medians and spreads per batch size, ratios to the baseline, and peak memory: the most the GPU
+    allocated during its rounds, or on a CPU the resident bytes its loading added to the process."""
+    dev = hardware.device()
+    loaded, memory = {}, {}
+    proc = psutil.Process()
+    for name, path in paths.items():
+        before = proc.memory_info().rss
+        loaded[name] = models.load(path, dtype, dev)
+        memory[name] = proc.memory_info().rss - before
+    vocab = min(m.config.vocab_size for m in loaded.values())
+    g = torch.Generator().manual_seed(seed)
+    prompts = {b: torch.randint(0, vocab, (b, prompt_tokens), generator=g).to(dev) for b in batch_sizes}
+    for model in loaded.values():  # warm-up: kernels, allocator, GPTQModel's CPU repacking
+        prefill_decode(model, prompts[batch_sizes[0]][:, :16], 2)
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {(n, b): [] for n in loaded for b in batch_sizes}
+    peak = {n: 0 for n in loaded}
+    for _ in tqdm(range(rounds), desc="benchmark rounds"):
+        for name, model in loaded.items():
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            for b in batch_sizes:
+                times[name, b].append(prefill_decode(model, prompts[b], new_tokens))
+            if dev.type == "cuda":
+                peak[name] = max(peak[name], torch.cuda.max_memory_allocated(dev))
+    out: dict[str, Any] = {}
+    base = next(iter(loaded))
+    for name in loaded:
+        record: dict[str, Any] = {}
+        for b in batch_sizes:
+            prefill = _summary([b * prompt_tokens / p for p, _ in times[name, b]])
+            decode = _summary([b * new_tokens / d for _, d in times[name, b]])
+            suffix = "" if b == batch_sizes[0] else f"_b{b}"
+            record[f"prefill_tok_s{suffix}"] = prefill["median"]
+            record[f"decode_tok_s{suffix}"] = decode["median"]
+            record[f"spread{suffix}"] = {"prefill_tok_s": prefill, "decode_tok_s": decode}
+        out[name] = record
+    for name, record in out.items():
+        for b in batch_sizes:
+            suffix = "" if b == batch_sizes[0] else f"_b{b}"
+            record[f"prefill_vs_base{suffix}"] = record[f"prefill_tok_s{suffix}"] / out[base][f"prefill_tok_s{suffix}"]
+            record[f"decode_vs_base{suffix}"] = record[f"decode_tok_s{suffix}"] / out[base][f"decode_tok_s{suffix}"]
+        record["peak_mem_bytes"] = peak[name] if dev.type == "cuda" else memory[name]
+        record["dtype"] = str(next(loaded[name].parameters()).dtype).removeprefix("torch.")
+    settings = {"device": hardware.name(dev), "dtype": dtype, "rounds": rounds, "prompt_tokens": prompt_tokens,
+                "new_tokens": new_tokens, "batch_sizes": batch_sizes, "baseline": base}
+    return {"machine": machine(), "settings": settings, "checkpoints": out}

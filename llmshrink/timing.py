@@ -1,0 +1,30 @@
+"""Wall time and peak GPU memory of a stage, kept out of its DVC outputs (which must be pure functions of their
+deps and params, so that a rerun reproduces them byte for byte): printed, and appended as one JSON line to the
+file named by the environment variable `LLMSHRINK_TIMINGS` when it is set (the GPU benchmark collects them)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from llmshrink import hardware
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Time the block as stage `name`."""
+    dev = hardware.device()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    start = time.perf_counter()
+    yield
+    record = {"stage": name, "seconds": round(time.perf_counter() - start, 2), "device": hardware.name(dev),
+              "peak_gpu_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0}
+    print(f"{name}: {record['seconds']} s" + (f", peak GPU {record['peak_gpu_bytes'] / 2**30:.2f} GiB" if record["peak_gpu_bytes"] else ""))
+    if path := os.environ.get("LLMSHRINK_TIMINGS"):
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
