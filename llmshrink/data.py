@@ -1,40 +1,55 @@
-"""Text sets for the pipeline: calibration, fine-tuning, held-out perplexity text and a QA set.
+"""Text sets for the pipeline: calibration, fine-tuning, named perplexity texts, a QA set and multiple-choice tasks.
 
 Every source yields the same files, so later stages never know where the text came from:
-`calibration.txt`, `finetune.txt`, `perplexity.txt`, `qa.jsonl` (evaluation questions) and
-`qa_train.jsonl` (disjoint questions for LoRA), QA records being
-`{"question": str, "answer": str, "aliases": [str], "context": str | null}`.
+`calibration.txt`, `finetune.txt`, `perplexity.json` (`{name: {"domain": "in" | "out", "dataset", "text"}}`:
+the held-out text of the healing domain and a text of a domain neither calibration nor healing saw),
+`qa.jsonl` (evaluation questions), `qa_train.jsonl` (disjoint questions for LoRA), QA records being
+`{"question": str, "answer": str, "aliases": [str], "context": str | null}`, and `choice.json`
+(`{task: {"dataset", "items": [{"query", "choices", "gold"}]}}`: the QA set as multiple choice, plus
+`data.choice_files`).
 """
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from llmshrink import choice, pypi
 from llmshrink.params import Data
 
-FILES = ("calibration.txt", "finetune.txt", "perplexity.txt", "qa.jsonl", "qa_train.jsonl")
+FILES = ("calibration.txt", "finetune.txt", "perplexity.json", "qa.jsonl", "qa_train.jsonl", "choice.json")
+OUT_OF_DOMAIN_WHEEL = "gensim==4.4.0"  # ships the Lee background corpus (ABC news articles) in its test data
+OUT_OF_DOMAIN_FILE = "gensim/test/test_data/lee_background.cor"
 
 
 @dataclass
 class TextSets:
     calibration: str
     finetune: str
-    perplexity: str
+    perplexity: dict[str, dict[str, str]]
     qa: list[dict[str, Any]]
     qa_train: list[dict[str, Any]]
+    choice: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def write(self, out_dir: Path) -> None:
-        """Write the five files into `out_dir` (byte-identical for identical inputs)."""
+        """Write the files into `out_dir` (byte-identical for identical inputs)."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("calibration", "finetune", "perplexity"):
+        for name in ("calibration", "finetune"):
             (out_dir / f"{name}.txt").write_text(getattr(self, name), encoding="utf-8")
+        for name in ("perplexity", "choice"):
+            text = json.dumps(getattr(self, name), ensure_ascii=False, sort_keys=True, indent=1)
+            (out_dir / f"{name}.json").write_text(text + "\n", encoding="utf-8")
         for name in ("qa", "qa_train"):
             lines = (json.dumps(r, ensure_ascii=False, sort_keys=True) for r in getattr(self, name))
             (out_dir / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def text(domain: str, dataset: str, body: str) -> dict[str, str]:
+    """A named perplexity text: its domain relative to the healing text (`in` / `out`) and where it comes from."""
+    return {"domain": domain, "dataset": dataset, "text": body}
 
 
 def qa_record(question: str, answer: str, aliases: list[str], context: str | None = None) -> dict[str, Any]:
@@ -77,7 +92,13 @@ def embedded(p: Data, seed: int) -> TextSets:
     raw = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     records = [qa_record(r["question"], r["answer"]["value"], r["answer"]["aliases"], r["context"]) for r in raw]
     qa, qa_train = split_qa(records, p.qa_eval, p.qa_train, seed)
-    return TextSets(calibration, finetune, "\n\n".join(held), qa, qa_train)
+    news = pypi.wheel_file(OUT_OF_DOMAIN_WHEEL, OUT_OF_DOMAIN_FILE).read_text(encoding="utf-8")
+    perplexity = {
+        "pydoc": text("in", "Python documentation topics held out from calibration and healing (pydoc_data)", "\n\n".join(held)),
+        "news": text("out", "Lee background corpus: 300 ABC news articles (gensim 4.4.0 test data)",
+                     "\n\n".join(line.strip() for line in news.splitlines() if line.strip())),
+    }
+    return TextSets(calibration, finetune, perplexity, qa, qa_train)
 
 
 def _existing(name: str, path: str) -> Path:
@@ -99,7 +120,10 @@ def local(p: Data, seed: int) -> TextSets:
         r = json.loads(line)
         records.append(qa_record(r["question"], r["answer"]["value"], r["answer"]["aliases"], r.get("context")))
     qa, qa_train = split_qa(records, p.qa_eval, p.qa_train, seed)
-    return TextSets(calibration, finetune, "\n\n".join(test_rows), qa, qa_train)
+    shakespeare = _existing("data.local.shakespeare", paths["shakespeare"]).read_text(encoding="utf-8")
+    perplexity = {"wikitext2": text("in", "WikiText-2 raw test", "\n\n".join(test_rows)),
+                  "shakespeare": text("out", "Tiny Shakespeare", shakespeare)}
+    return TextSets(calibration, finetune, perplexity, qa, qa_train)
 
 
 def hub(p: Data, seed: int) -> TextSets:
@@ -118,6 +142,9 @@ def hub(p: Data, seed: int) -> TextSets:
             )
             docs = c4.shuffle(seed=seed).select(range(2000))["text"]
             calibration = "\n\n".join(docs)[: p.max_chars]
+        c4_valid = datasets.load_dataset(
+            "allenai/c4", data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"}, split="validation"
+        )
         config = "rc" if h["open_book"] else "rc.nocontext"
         trivia = datasets.load_dataset("trivia_qa", config)
     except (OSError, ConnectionError) as err:
@@ -133,9 +160,27 @@ def hub(p: Data, seed: int) -> TextSets:
 
     qa = records(trivia["validation"], p.qa_eval)
     qa_train = records(trivia["train"], p.qa_train)
-    return TextSets(calibration, finetune, "\n\n".join(wiki["test"]["text"]), qa, qa_train)
+    perplexity = {"wikitext2": text("in", "WikiText-2 raw test", "\n\n".join(wiki["test"]["text"])),
+                  "c4": text("out" if h["calibration"] == "wikitext" else "in", "C4 en validation, first 1,000 documents",
+                             "\n\n".join(c4_valid.select(range(1000))["text"]))}
+    return TextSets(calibration, finetune, perplexity, qa, qa_train)
+
+
+def choice_tasks(p: Data, qa: list[dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
+    """Multiple-choice tasks: the evaluation QA set as multiple choice (`qa`) and every `data.choice_files` jsonl,
+    each a seeded sample of at most `data.choice_items` items."""
+    tasks = {"qa": {"dataset": "the evaluation QA questions, distractors from other answers of the same kind",
+                    "items": choice.from_qa(qa, seed=seed)}}
+    for name, path in p.choice_files.items():
+        tasks[name] = {"dataset": Path(path).name, "items": choice.read_items(_existing(f"data.choice_files.{name}", path))}
+    for task in tasks.values():
+        if len(task["items"]) > p.choice_items:
+            task["items"] = random.Random(seed).sample(task["items"], p.choice_items)
+    return tasks
 
 
 def prepare(p: Data, seed: int) -> TextSets:
     """The text sets from `data.source`, shuffled and split with `seed`."""
-    return {"embedded": embedded, "local": local, "hub": hub}[p.source](p, seed)
+    sets = {"embedded": embedded, "local": local, "hub": hub}[p.source](p, seed)
+    sets.choice = choice_tasks(p, sets.qa, seed)
+    return sets

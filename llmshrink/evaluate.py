@@ -1,4 +1,4 @@
-"""Size of a loaded checkpoint (parameters, non-zeros, bytes) and the dtype it computes in."""
+"""Evaluation of one loaded checkpoint: named perplexity texts, QA, multiple choice and size, with intervals."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,10 @@ from typing import Any
 
 import torch
 
+from llmshrink import choice, qa, stats
 from llmshrink.models import dir_bytes
+from llmshrink.params import Eval
+from llmshrink.perplexity import text_perplexity
 
 
 def model_dtype(model: torch.nn.Module) -> str:
@@ -43,3 +46,41 @@ def model_size(model: torch.nn.Module, path: str | Path) -> dict[str, int]:
     for t in {id(t): t for t in tensors if isinstance(t, torch.Tensor)}.values():
         params, nonzero = params + t.numel(), nonzero + int(torch.count_nonzero(t))
     return {"params": params, "params_nonzero": nonzero, "disk_bytes": dir_bytes(path), "weight_bytes_fp16": 2 * params}
+
+
+def evaluate(model: torch.nn.Module, tokenizer: Any, path: str | Path, texts: dict[str, dict[str, str]],
+             records: list[dict[str, Any]], tasks: dict[str, dict[str, Any]], p: Eval, seed: int = 0
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every quality metric of one loaded checkpoint, each with its 95% bootstrap interval, and the per-item
+    results they come from (for paired comparisons in the report): perplexity of each named text, QA exact
+    match / match, multiple-choice acc / acc_norm, and size."""
+    # before any forward pass: GPTQModel's CPU kernel repacks its weights on the first one (no dequantizing after)
+    metrics: dict[str, Any] = {"size": model_size(model, path), "dtype": model_dtype(model)}
+    items: dict[str, Any] = {"perplexity": {}, "choice": {}}
+    metrics["perplexity"] = {}
+    for name, t in texts.items():
+        r = text_perplexity(model, tokenizer, t["text"], p.seq_len, p.batch_size, p.max_windows)
+        nll, tokens = r.pop("window_nll"), r.pop("window_tokens")
+        metrics["perplexity"][name] = {**r, "ci95": stats.ppl_ci(nll, tokens, seed=seed), "domain": t["domain"],
+                                       "dataset": t["dataset"]}
+        items["perplexity"][name] = {"nll": nll, "tokens": tokens}
+    trivia = qa.triviaqa(model, tokenizer, records, p.max_new_tokens, p.batch_size, p.chat_template, p.limit)
+    items["qa"] = trivia.pop("items")
+    metrics["qa"] = {**trivia, "ci95": stats.mean_ci(items["qa"]["exact_match"], seed=seed),
+                     "match_ci95": stats.mean_ci(items["qa"]["match"], seed=seed)}
+    if items["qa"]["open_exact_match"]:
+        metrics["qa"]["open_ci95"] = stats.mean_ci(items["qa"]["open_exact_match"], seed=seed)
+    per_item = choice.score(model, tokenizer, {k: t["items"] for k, t in tasks.items()}, p.batch_size)
+    metrics["choice"] = {}
+    for task, results in per_item.items():
+        acc, acc_norm = [r["acc"] for r in results], [r["acc_norm"] for r in results]
+        metrics["choice"][task] = {"acc": sum(acc) / len(acc), "acc_norm": sum(acc_norm) / len(acc_norm),
+                                   "ci95": stats.mean_ci(acc, seed=seed), "acc_norm_ci95": stats.mean_ci(acc_norm, seed=seed),
+                                   "n": len(acc), "chance": _chance(tasks[task]["items"]), "dataset": tasks[task]["dataset"]}
+        items["choice"][task] = {"acc": acc, "acc_norm": acc_norm}
+    return metrics, items
+
+
+def _chance(items: list[dict[str, Any]]) -> float:
+    """Expected accuracy of guessing uniformly."""
+    return sum(1 / len(i["choices"]) for i in items) / len(items)

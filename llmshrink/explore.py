@@ -21,9 +21,8 @@ from transformers import PreTrainedModel
 
 from llmshrink import qa
 from llmshrink.atomic import atomic_file
-from llmshrink.calib import tokenize
 from llmshrink.depth import layers_kept
-from llmshrink.perplexity import perplexity, windows
+from llmshrink.perplexity import perplexity, token_ids, windows
 from llmshrink.params import Eval, Explore, choice, integer
 
 KEYS = ("keep", "skip", "repeat")
@@ -140,7 +139,7 @@ def explore(model: PreTrainedModel, tokenizer: Any, orders: dict[str, list[int]]
     """Score every configuration on the same perplexity windows (`eval.seq_len`, capped at `eval.max_windows`)
     and questions; the table rows and `{"prompt": ..., "configs": {name: sample record}}`."""
     model.eval()
-    chunks = windows(tokenize(tokenizer, text), e.seq_len, e.max_windows)
+    chunks = windows(token_ids(tokenizer, text), e.seq_len, e.max_windows)
     rows, samples = [], {}
     for name, order in tqdm(orders.items(), desc="configs"):
         row, samples[name] = score(model, tokenizer, order, chunks, records, e, prompt, tokens)

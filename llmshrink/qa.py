@@ -83,31 +83,34 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
     return [answers[i] for i in range(len(prompts))]
 
 
-def score(answers: list[str], records: list[dict[str, Any]]) -> dict[str, float]:
-    """Shares of answers that exactly match and that match (three-tier rule) an alias."""
-    n = len(records)
-    return {
-        "exact_match": sum(exact_match(a, r["aliases"]) for a, r in zip(answers, records)) / n,
-        "match": sum(match(a, r["aliases"]) for a, r in zip(answers, records)) / n,
-    }
+def score(answers: list[str], records: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Per answer: 1 if it exactly matches / matches (three-tier rule) an alias of its record, else 0."""
+    return {"exact_match": [int(exact_match(a, r["aliases"])) for a, r in zip(answers, records)],
+            "match": [int(match(a, r["aliases"])) for a, r in zip(answers, records)]}
 
 
 def triviaqa(model: Any, tokenizer: Any, records: list[dict[str, Any]], max_new_tokens: int, batch_size: int,
              chat_template: bool = False, limit: int | None = None) -> dict[str, Any]:
     """`triviaqa` metrics: closed-book exact match and match over the first `limit` records; open-book
-    exact match and match over those with a context (null when none has one)."""
+    exact match and match over those with a context (null when none has one); per-question results under
+    `items` (`exact_match`, `match`, `open_exact_match`, `open_match`: lists of 0/1)."""
     records = records[:limit] if limit else records
     if not records:
         raise ValueError("no QA records to evaluate")
     wrap = (lambda t: chat(tokenizer, t)) if chat_template else (lambda t: t)
 
-    def run(recs: list[dict[str, Any]], open_book: bool) -> tuple[list[str], dict[str, float]]:
+    def run(recs: list[dict[str, Any]], open_book: bool) -> tuple[list[str], dict[str, list[int]]]:
         answers = generate(model, tokenizer, [wrap(prompt(r, open_book)) for r in recs], max_new_tokens, batch_size)
         return answers, score(answers, recs)
 
+    def share(values: list[int]) -> float | None:
+        return sum(values) / len(values) if values else None
+
     answers, closed = run(records, open_book=False)
     with_context = [r for r in records if r.get("context")]
-    opened = run(with_context, open_book=True)[1] if with_context else {"exact_match": None, "match": None}
+    opened = run(with_context, open_book=True)[1] if with_context else {"exact_match": [], "match": []}
     samples = [{"question": r["question"], "answer": r["answer"], "generated": a} for r, a in zip(records[:5], answers)]
-    return {**closed, "n": len(records), "open_exact_match": opened["exact_match"], "open_match": opened["match"],
-            "open_n": len(with_context), "samples": samples}
+    return {"exact_match": share(closed["exact_match"]), "match": share(closed["match"]), "n": len(records),
+            "open_exact_match": share(opened["exact_match"]), "open_match": share(opened["match"]),
+            "open_n": len(with_context), "samples": samples,
+            "items": {**closed, "open_exact_match": opened["exact_match"], "open_match": opened["match"]}}

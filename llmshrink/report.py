@@ -1,70 +1,117 @@
-"""Summary table of the evaluated checkpoints, one row each in pipeline order, with ratios to base."""
+"""Report: one row per checkpoint (quality with 95% intervals, size, side-by-side speed, ratios to base) and the
+paired difference of every quality metric against `base` and against the previous checkpoint, with its interval;
+differences whose interval contains 0 are marked not significant."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-# ratio column -> metric column it divides by the base checkpoint's value
-RATIOS = {
-    "ppl_vs_base": "ppl",
-    "exact_match_vs_base": "exact_match",
-    "match_vs_base": "match",
-    "params_vs_base": "params",
-    "params_nonzero_vs_base": "params_nonzero",
-    "disk_vs_base": "disk_bytes",
-    "prefill_vs_base": "prefill_tok_s",
-    "decode_vs_base": "decode_tok_s",
-}
+from llmshrink import stats
+from llmshrink.atomic import atomic_file
 
 
-def read_metrics(eval_dir: str | Path, order: list[str], benchmark: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """The `<name>.json` files of `eval_dir` that exist, the checkpoints of `order` first in that order, each with
-    its tokens/s and peak memory from the side-by-side benchmark (section `speed`) when it has them."""
-    files = {f.stem: f for f in Path(eval_dir).glob("*.json")}
-    names = [n for n in order if n in files] + sorted(set(files) - set(order))
-    metrics = {n: json.loads(files[n].read_text(encoding="utf-8")) for n in names}
-    speed = json.loads(Path(benchmark).read_text(encoding="utf-8"))["checkpoints"] if benchmark else {}
+def read(eval_dir: str | Path, items_dir: str | Path, order: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics and per-item results of the checkpoints of `order` that have both, in that order."""
+    names = [n for n in order if (Path(eval_dir) / f"{n}.json").is_file() and (Path(items_dir) / f"{n}.json").is_file()]
+    load = lambda d, n: json.loads((Path(d) / f"{n}.json").read_text(encoding="utf-8"))  # noqa: E731
+    return {n: load(eval_dir, n) for n in names}, {n: load(items_dir, n) for n in names}
+
+
+def quality(metrics: dict[str, Any]) -> dict[str, tuple[float, list[float]]]:
+    """Each quality metric of one checkpoint as name -> (value, ci95): `ppl_<text>`, `qa_exact_match`,
+    `qa_match`, `<task>_acc`, `<task>_acc_norm`."""
+    out = {f"ppl_{n}": (m["ppl"], m["ci95"]) for n, m in metrics["perplexity"].items()}
+    out["qa_exact_match"] = (metrics["qa"]["exact_match"], metrics["qa"]["ci95"])
+    out["qa_match"] = (metrics["qa"]["match"], metrics["qa"]["match_ci95"])
+    for task, m in metrics.get("choice", {}).items():
+        out[f"{task}_acc"] = (m["acc"], m["ci95"])
+        out[f"{task}_acc_norm"] = (m["acc_norm"], m["acc_norm_ci95"])
+    return out
+
+
+def summary(metrics: dict[str, Any], speed: dict[str, Any]) -> pd.DataFrame:
+    """One row per checkpoint: size, every quality metric with `_lo` / `_hi` bounds and `_vs_base` ratio, and
+    tokens/s from the side-by-side benchmark with ratios to base."""
+    rows = []
     for name, m in metrics.items():
-        if name in speed:
-            m["speed"] = {k: v for k, v in speed[name].items() if k.endswith("tok_s") or k == "peak_mem_bytes"}
-    return metrics
-
-
-def flatten(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Scalar leaves keyed by their own name (`ppl`, `exact_match`, ...); a name found in two sections
-    becomes `section_name` (`triviaqa_n`). Lists and other non-scalars are left out."""
-    leaves = [(section, k, v) for section, values in metrics.items() if isinstance(values, dict)
-              for k, v in values.items() if v is None or isinstance(v, (int, float, str))]
-    leaves += [("", k, v) for k, v in metrics.items() if isinstance(v, (int, float, str))]
-    counts: dict[str, int] = {}
-    for _, k, _ in leaves:
-        counts[k] = counts.get(k, 0) + 1
-    return {(k if counts[k] == 1 or not section else f"{section}_{k}"): v for section, k, v in leaves}
-
-
-def summary(metrics: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per checkpoint (column `checkpoint`): flattened metrics, `disk_mb` (1e6 bytes) and ratios
-    to the base checkpoint (NaN without a base row or where the base value is 0)."""
-    df = pd.DataFrame([{"checkpoint": name, **flatten(m)} for name, m in metrics.items()])
-    df["disk_mb"] = df["disk_bytes"] / 1e6
-    base = df[df["checkpoint"] == "base"]
-    for ratio, col in RATIOS.items():
-        if col not in df:
-            continue
-        ref = float(base[col].iloc[0]) if len(base) and col in df and pd.notna(base[col].iloc[0]) else 0.0
-        df[ratio] = df[col] / ref if ref else math.nan
+        row: dict[str, Any] = {"checkpoint": name, **m["size"], "disk_mb": m["size"]["disk_bytes"] / 1e6}
+        for key, (value, (lo, hi)) in quality(m).items():
+            row |= {key: value, f"{key}_lo": lo, f"{key}_hi": hi}
+        s = speed.get(name, {})
+        row |= {k: v for k, v in s.items() if k.endswith(("tok_s", "vs_base", "tok_s_b8", "vs_base_b8")) or k == "peak_mem_bytes"}
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if "base" in metrics:
+        base = df[df["checkpoint"] == "base"].iloc[0]
+        for col in ["disk_bytes", "params_nonzero", *(k for k in quality(metrics["base"]))]:
+            df[f"{col}_vs_base"] = df[col] / base[col] if base[col] else float("nan")
     return df
 
 
-def write(df: pd.DataFrame, csv_path: str | Path, md_path: str | Path) -> None:
-    """The table as CSV and as a Markdown table (floats to 4 significant digits), both atomically."""
-    from llmshrink.atomic import atomic_file
+def paired(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> dict[str, tuple[float, list[float]]]:
+    """Metric -> (a - b, paired 95% interval) over the items both checkpoints were scored on."""
+    out = {}
+    for text, ia in a["perplexity"].items():
+        ib = b["perplexity"].get(text)
+        if ib and ib["tokens"] == ia["tokens"]:
+            out[f"ppl_{text}"] = stats.paired_ppl_diff(ia["nll"], ib["nll"], ia["tokens"], seed=seed)
+    for key in ("exact_match", "match"):
+        if len(a["qa"][key]) == len(b["qa"][key]):
+            out[f"qa_{key}"] = stats.paired_mean_diff(a["qa"][key], b["qa"][key], seed=seed)
+    for task, ia in a.get("choice", {}).items():
+        ib = b.get("choice", {}).get(task)
+        for key in ("acc", "acc_norm"):
+            if ib and len(ib[key]) == len(ia[key]):
+                out[f"{task}_{key}"] = stats.paired_mean_diff(ia[key], ib[key], seed=seed)
+    return out
 
-    with atomic_file(csv_path) as f:
-        df.to_csv(f, index=False)
+
+def comparisons(items: dict[str, Any], seed: int = 0) -> pd.DataFrame:
+    """Long table: each checkpoint against `base` and against the checkpoint before it, per metric:
+    difference, interval and whether the interval excludes 0."""
+    names = list(items)
+    rows = []
+    for i, name in enumerate(names[1:], 1):
+        against = dict.fromkeys(["base", names[i - 1]])
+        for ref in (r for r in against if r in items and r != name):
+            for metric, (diff, (lo, hi)) in paired(items[name], items[ref], seed).items():
+                rows.append({"checkpoint": name, "against": ref, "metric": metric, "diff": diff, "lo": lo, "hi": hi,
+                             "significant": stats.significant([lo, hi])})
+    return pd.DataFrame(rows, columns=["checkpoint", "against", "metric", "diff", "lo", "hi", "significant"])
+
+
+def markdown(df: pd.DataFrame, comp: pd.DataFrame, metrics: dict[str, Any]) -> str:
+    """The summary as Markdown: one row per checkpoint (value [95% interval]) and the paired differences,
+    `n.s.` where the interval contains 0."""
+    first = next(iter(metrics.values()))
+    keys = list(quality(first))
+    lines = ["| checkpoint | disk MB | disk vs base | " + " | ".join(keys) + " | decode vs base |",
+             "|" + " --- |" * (len(keys) + 4)]
+    for _, r in df.iterrows():
+        cells = [f"{r[k]:.4g} [{r[f'{k}_lo']:.4g}, {r[f'{k}_hi']:.4g}]" for k in keys]
+        decode = f"{r['decode_vs_base']:.2f}" if "decode_vs_base" in r and pd.notna(r["decode_vs_base"]) else "-"
+        lines.append(f"| {r['checkpoint']} | {r['disk_mb']:.1f} | {r['disk_bytes_vs_base']:.3f} | "
+                     + " | ".join(cells) + f" | {decode} |")
+    texts = "; ".join(f"`ppl_{n}`: {m['dataset']} ({m['domain']}-domain, {m['tokens']:,} tokens, {m['protocol']})"
+                      for n, m in first["perplexity"].items())
+    lines += ["", f"Perplexity texts: {texts}.", "",
+              "Paired differences (checkpoint − reference, 95% bootstrap interval over the same items; "
+              "n.s. = the interval contains 0):", "",
+              "| checkpoint | against | metric | difference | 95% interval | |", "| --- | --- | --- | --- | --- | --- |"]
+    for _, c in comp.iterrows():
+        lines.append(f"| {c['checkpoint']} | {c['against']} | {c['metric']} | {c['diff']:+.4g} | "
+                     f"[{c['lo']:+.4g}, {c['hi']:+.4g}] | {'' if c['significant'] else 'n.s.'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(df: pd.DataFrame, comp: pd.DataFrame, md: str, csv_path: str | Path, comp_path: str | Path,
+          md_path: str | Path) -> None:
+    """The three files, atomically (floats in the CSVs to 6 significant digits, so reruns compare equal)."""
+    for frame, path in ((df, csv_path), (comp, comp_path)):
+        with atomic_file(path) as f:
+            frame.to_csv(f, index=False, float_format="%.6g")
     with atomic_file(md_path) as f:
-        f.write(df.to_markdown(index=False, floatfmt=".4g") + "\n")
+        f.write(md)

@@ -1,40 +1,46 @@
-"""Stage evaluate: perplexity, TriviaQA and size of one checkpoint into its metrics JSON."""
+"""Stage evaluate: one checkpoint's perplexity on every named text, QA, multiple choice and size, each with a 95%
+interval, into its metrics JSON; the per-item results into a second JSON (a DVC output, for paired comparisons)."""
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import evaluate, hardware, harness, models, params, perplexity, qa, timing
+from llmshrink import evaluate, hardware, harness, models, params, qa, timing
 from llmshrink.atomic import write_json
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model", help="checkpoint folder, e.g. models/lora")
-    parser.add_argument("text", help="held-out perplexity text, e.g. data/perplexity.txt")
-    parser.add_argument("qa", help="QA records, e.g. data/qa.jsonl")
+    parser.add_argument("data", help="folder of prepare_data: perplexity.json, qa.jsonl, choice.json, e.g. data")
     parser.add_argument("out", help="metrics JSON to write, e.g. metrics/eval/lora.json")
+    parser.add_argument("items", help="per-item results JSON to write, e.g. results/items/lora.json")
     args = parser.parse_args(argv)
-    p = params.load("eval")
+    p, seed = params.load("eval"), params.load("seed")
     models.read_config(args.model)
-    text = Path(args.text).read_text(encoding="utf-8")
-    records = qa.read_qa(args.qa)
+    data = Path(args.data)
+    texts = json.loads((data / "perplexity.json").read_text(encoding="utf-8"))
+    tasks = json.loads((data / "choice.json").read_text(encoding="utf-8"))
+    records = qa.read_qa(data / "qa.jsonl")
     model = models.load(args.model, hardware.resolve_dtype(p.dtype))
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    # before any forward pass: GPTQModel's CPU kernel repacks its weights on the first one (no dequantizing after)
-    size = evaluate.model_size(model, args.model)
-
-    wikitext = perplexity.text_perplexity(model, tokenizer, text, p.seq_len, p.batch_size, p.max_windows)
+    metrics, items = evaluate.evaluate(model, tokenizer, args.model, texts, records, tasks, p, seed)
     if p.lm_eval:
-        wikitext |= harness.wikitext(model, tokenizer, None if p.lm_eval == "hub" else text, p.batch_size)
-    trivia = qa.triviaqa(model, tokenizer, records, p.max_new_tokens, p.batch_size, p.chat_template, p.limit)
-    for s in trivia.pop("samples"):
+        (name, text), *_ = ((k, t["text"]) for k, t in texts.items() if t["domain"] == "in")
+        metrics["perplexity"][name] |= harness.wikitext(model, tokenizer, None if p.lm_eval == "hub" else text, p.batch_size)
+    for s in metrics["qa"].pop("samples"):
         print(f"  Q: {s['question']}\n  A: {s['generated']!r} (gold {s['answer']!r})")
-    metrics = {"wikitext": wikitext, "triviaqa": trivia, "size": size, "dtype": evaluate.model_dtype(model)}
     write_json(args.out, metrics)
-    print(f"{args.model}: ppl {wikitext['ppl']:.3f} over {wikitext['tokens']:,} tokens, TriviaQA EM "
-          f"{trivia['exact_match']:.3f} / match {trivia['match']:.3f} (n={trivia['n']}), {size['disk_bytes'] / 1e6:.1f} MB")
+    write_json(args.items, items)
+    for name, m in metrics["perplexity"].items():
+        print(f"{args.model}: ppl[{name}, {m['domain']}] {m['ppl']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] "
+              f"over {m['tokens']:,} tokens")
+    for task, m in metrics["choice"].items():
+        print(f"{args.model}: {task} acc {m['acc']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] (n={m['n']})")
+    print(f"{args.model}: QA EM {metrics['qa']['exact_match']:.3f} / match {metrics['qa']['match']:.3f} "
+          f"(n={metrics['qa']['n']}), {metrics['size']['disk_bytes'] / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

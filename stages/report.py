@@ -1,23 +1,31 @@
-"""Stage report: the evaluation JSONs of every checkpoint into a summary CSV and Markdown table."""
+"""Stage report: every checkpoint's metrics (with intervals), its side-by-side speed and its paired differences
+against base and the previous checkpoint, into summary CSV / Markdown, a comparisons CSV and static plots."""
 import argparse
+import json
+from pathlib import Path
 
-from llmshrink import report, timing
+from llmshrink import params, plots, report, timing
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("eval_dir", help="folder of <checkpoint>.json evaluation results, e.g. metrics/eval")
+    parser.add_argument("eval_dir", help="folder of <checkpoint>.json metrics, e.g. metrics/eval")
+    parser.add_argument("items_dir", help="folder of <checkpoint>.json per-item results, e.g. results/items")
     parser.add_argument("benchmark", help="side-by-side speed of the benchmark stage, e.g. metrics/benchmark.json")
-    parser.add_argument("csv", help="summary CSV to write, e.g. metrics/summary.csv")
-    parser.add_argument("md", help="summary Markdown to write, e.g. metrics/summary.md")
+    parser.add_argument("out_dir", help="folder for summary.csv, summary.md, comparisons.csv and plots/report/, e.g. metrics")
     parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint names in pipeline order")
     args = parser.parse_args(argv)
-    metrics = report.read_metrics(args.eval_dir, args.checkpoints, args.benchmark)
+    seed = params.load("seed")
+    metrics, items = report.read(args.eval_dir, args.items_dir, args.checkpoints)
     if not metrics:
-        raise FileNotFoundError(f"no evaluation results in {args.eval_dir}/")
-    df = report.summary(metrics)
-    report.write(df, args.csv, args.md)
-    print(df[["checkpoint", "ppl", "exact_match", "disk_mb", "ppl_vs_base", "disk_vs_base"]].to_string(index=False))
+        raise FileNotFoundError(f"no evaluation results in {args.eval_dir}/ with per-item results in {args.items_dir}/")
+    speed = json.loads(Path(args.benchmark).read_text(encoding="utf-8"))["checkpoints"]
+    df, comp = report.summary(metrics, speed), report.comparisons(items, seed)
+    out = Path(args.out_dir)
+    report.write(df, comp, report.markdown(df, comp, metrics), out / "summary.csv", out / "comparisons.csv",
+                 out / "summary.md")
+    plots.write(df, metrics, out / "plots" / "report")
+    print((out / "summary.md").read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from llmshrink import params as params_file
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_model", "prepare_data", "score_layers", "depth_prune", "width_prune", "lora",
-          "quantize", "eora", "evaluate@base", "evaluate@eora", "report", "explore_layers"]
+          "quantize", "eora", "evaluate@base", "evaluate@eora", "benchmark", "report", "explore_layers"]
 TINY_OVERRIDES = {
     "model": {"source": "tiny", "dtype": "float32"},
     "prune": {"samples": 2, "seq_len": 64, "layers": 2},
@@ -22,7 +22,8 @@ TINY_OVERRIDES = {
     "lora": {"steps": 3, "batch_size": 2, "seq_len": 64},
     "gptq": {"group_size": 32, "samples": 4, "seq_len": 64},
     "eora": {"samples": 4, "seq_len": 64},
-    "eval": {"max_windows": 2, "limit": 4, "max_new_tokens": 4, "speed_prompt_tokens": 16, "speed_new_tokens": 4},
+    "eval": {"max_windows": 2, "limit": 4, "max_new_tokens": 4},
+    "benchmark": {"rounds": 1, "prompt_tokens": 16, "new_tokens": 4, "batch_sizes": [1]},
     "explore": {"max_windows": 2, "limit": 4,
                 # anchors: mid = 4 of the tiny model's 8 layers, so skip [5, 6] and repeat layer 4 twice
                 "configs": {"base": {}, "skip": {"skip": ["mid+1", "last-1"]}, "repeat": {"repeat": {"mid": 2}}}},

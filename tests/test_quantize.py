@@ -1,23 +1,31 @@
 """GPTQ and EoRA with GPTQModel on the tiny model, on CPU."""
 from __future__ import annotations
 
+import dataclasses
 import filecmp
+import json
+import os
+import runpy
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
-from llmshrink import models, quantize
+from llmshrink import models, params, quantize
 from llmshrink.calib import tokenize
-from llmshrink.evaluate import windows
+from llmshrink.perplexity import windows
 
 # tiny model: hidden 64, intermediate 128, so GPTQ groups of 32 or 64 on CPU
-GPTQ = {"enabled": True, "bits": 4, "group_size": 32, "desc_act": False, "damp_percent": 0.05, "sym": True,
-        "samples": 16, "seq_len": 128}
-EORA = {"enabled": True, "rank": 16, "samples": 16, "seq_len": 128}  # rank 8 of width 64 compensates too little to test
+GPTQ_SECTION = {"enabled": True, "bits": 4, "group_size": 32, "desc_act": False, "damp_percent": 0.05, "sym": True,
+                "samples": 16, "seq_len": 128}
+EORA_SECTION = {"enabled": True, "rank": 16, "samples": 16, "seq_len": 128}  # rank 8 of width 64 compensates too little
+GPTQ = params.Gptq(**GPTQ_SECTION)
+EORA = params.Eora(**EORA_SECTION)
+CPU = torch.device("cpu")
 CALIB_CHARS = 100_000  # calibration from the head of the prose, held-out text from its tail
 
 
@@ -29,13 +37,13 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def gptq_run(work: Path, tiny_dir: Path, prose: str) -> tuple[Path, dict]:
     out = work / "gptq"
-    return out, quantize.gptq(tiny_dir, out, GPTQ, prose[:CALIB_CHARS], seed=0, on="cpu")
+    return out, quantize.gptq(tiny_dir, out, GPTQ, prose[:CALIB_CHARS], seed=0, on=CPU)
 
 
 @pytest.fixture(scope="module")
 def eora_run(work: Path, tiny_dir: Path, gptq_run: tuple[Path, dict], prose: str) -> tuple[Path, dict]:
     out = work / "eora"
-    return out, quantize.eora(tiny_dir, gptq_run[0], out, EORA, prose[:CALIB_CHARS], seed=0, on="cpu")
+    return out, quantize.eora(tiny_dir, gptq_run[0], out, EORA, prose[:CALIB_CHARS], seed=0, on=CPU)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +56,11 @@ def heldout(tiny_dir: Path, prose: str) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def reference_logits(tiny_dir: Path, heldout: torch.Tensor) -> torch.Tensor:
     return logits(models.load(tiny_dir), heldout)
+
+
+def load(path: Path) -> torch.nn.Module:
+    """A checkpoint as the pipeline loads it, the quantized ones in GPTQModel's own dtype choice."""
+    return models.load(path, "auto" if models.is_quantized(path) else "float32")
 
 
 @torch.no_grad()
@@ -67,13 +80,14 @@ def kl(pred: torch.Tensor, ref: torch.Tensor) -> float:
 
 def test_quantize_reload_generate(gptq_run: tuple[Path, dict], tiny_dir: Path) -> None:
     out, metrics = gptq_run
-    assert quantize.is_quantized(out) and not quantize.is_quantized(tiny_dir)
-    assert metrics["quantized"] and metrics["bits"] == 4 and metrics["group_size"] == 32
-    assert metrics["bytes"] == quantize.dir_bytes(out) < metrics["source_bytes"] == quantize.dir_bytes(tiny_dir)
+    assert models.is_quantized(out) and not models.is_quantized(tiny_dir) and models.quant_method(out) == "gptq"
+    assert metrics["enabled"] and metrics["bits"] == 4 and metrics["group_size"] == 32 and metrics["device"] == "cpu"
+    assert metrics["bytes"] == models.dir_bytes(out) < metrics["source_bytes"] == models.dir_bytes(tiny_dir)
+    assert not list(out.parent.glob(".gptq.*"))  # no temporary or scratch folder left beside the output
     with safe_open(out / "model.safetensors", "pt") as f:  # 4 bits a weight, packed into int32
         packed = sum(f.get_tensor(k).nbytes for k in f.keys() if k.endswith(".qweight"))
-    assert packed == sum(i * o for i, o in quantize.linear_shapes(tiny_dir).values()) * 4 // 8
-    model = quantize.load_quantized(out)
+    assert packed == sum(i * o for i, o in models.linear_shapes(tiny_dir).values()) * 4 // 8
+    model = load(out)
     assert sum(type(m).__module__.startswith("gptqmodel") for m in model.modules()) == 7 * len(models.decoder_layers(model))
     prompt = torch.tensor([[1, 504, 3458, 314]])
     generated = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)
@@ -81,7 +95,7 @@ def test_quantize_reload_generate(gptq_run: tuple[Path, dict], tiny_dir: Path) -
 
 
 def test_quantized_logits_stay_close(gptq_run: tuple[Path, dict], heldout: torch.Tensor, reference_logits: torch.Tensor) -> None:
-    quantized = logits(quantize.load_quantized(gptq_run[0]), heldout)
+    quantized = logits(load(gptq_run[0]), heldout)
     error = relative_error(quantized, reference_logits)
     assert 0 < error < 0.25, error  # 4-bit groups of 32 perturb the logits, but by far less than unrelated logits (1.13)
     assert kl(quantized, reference_logits) < 2e-3
@@ -92,11 +106,11 @@ def test_eora_brings_logits_closer(
 ) -> None:
     out, metrics = eora_run
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    assert metrics["adapter"] and metrics["rank"] == 16 and metrics["adapter_bytes"] == quantize.dir_bytes(out / "adapter")
+    assert metrics["enabled"] and metrics["rank"] == 16 and metrics["adapter_bytes"] == models.dir_bytes(out / "adapter")
     for name in ("model.safetensors", "quantize_config.json", "config.json"):
         assert filecmp.cmp(out / name, gptq_run[0] / name, shallow=False)
-    quantized = logits(quantize.load_quantized(gptq_run[0]), heldout)
-    compensated = logits(quantize.load_quantized(out), heldout)
+    quantized = logits(load(gptq_run[0]), heldout)
+    compensated = logits(load(out), heldout)
     assert relative_error(compensated, reference_logits) < 0.8 * relative_error(quantized, reference_logits)  # seen: 0.61
     assert kl(compensated, reference_logits) < 0.6 * kl(quantized, reference_logits)  # seen: 0.39
 
@@ -105,43 +119,68 @@ def test_eora_brings_logits_closer(
 def test_group_size_not_dividing_widths_fails_before_work(tmp_path: Path, tiny_dir: Path, group_size: int) -> None:
     out = tmp_path / "gptq"
     with pytest.raises(ValueError, match=rf"gptq\.group_size={group_size}.*\[64, 128\].*\[64, 32\]"):
-        quantize.gptq(tiny_dir, out, {**GPTQ, "group_size": group_size}, "unused", seed=0, on="cpu")
+        quantize.gptq(tiny_dir, out, dataclasses.replace(GPTQ, group_size=group_size), "unused", seed=0, on=CPU)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_invalid_params_name_the_parameter(tmp_path: Path, tiny_dir: Path) -> None:
-    with pytest.raises(ValueError, match=r"gptq\.bits=5.*\[2, 3, 4, 8\]"):
-        quantize.gptq(tiny_dir, tmp_path / "gptq", {**GPTQ, "bits": 5}, "unused", seed=0, on="cpu")
-    with pytest.raises(ValueError, match=r"gptq\.damp_percent"):
-        quantize.gptq(tiny_dir, tmp_path / "gptq", {**GPTQ, "damp_percent": 0}, "unused", seed=0, on="cpu")
-    assert list(tmp_path.iterdir()) == []
+def test_invalid_params_name_the_parameter() -> None:
+    # rejected when params.yaml is read, before the stage does any work
+    for key, bad, message in [("bits", 5, r"gptq\.bits=5.*\[2, 3, 4, 8\]"), ("damp_percent", 0, r"gptq\.damp_percent=0"),
+                              ("group_size", 48, r"gptq\.group_size=48"), ("samples", 0, r"gptq\.samples=0")]:
+        with pytest.raises(ValueError, match=message):
+            params.Gptq(**{**GPTQ_SECTION, key: bad})
+    with pytest.raises(ValueError, match=r"eora\.rank=0"):
+        params.Eora(**{**EORA_SECTION, "rank": 0})
 
 
 def test_eora_rank_above_smallest_layer_fails(tmp_path: Path, tiny_dir: Path, gptq_run: tuple[Path, dict]) -> None:
     with pytest.raises(ValueError, match=r"eora\.rank=33.*\[1, 32\]"):  # k_proj/v_proj: 2 KV heads x 16 = 32 outputs
-        quantize.eora(tiny_dir, gptq_run[0], tmp_path / "eora", {**EORA, "rank": 33}, "unused", seed=0, on="cpu")
+        quantize.eora(tiny_dir, gptq_run[0], tmp_path / "eora", dataclasses.replace(EORA, rank=33), "unused", seed=0, on=CPU)
     assert list(tmp_path.iterdir()) == []
 
 
+def run_stage(workdir: Path, name: str, args: list[str], gptq: dict, eora: dict) -> dict:
+    """stages/<name>.py's main from `workdir` with a params.yaml of `gptq` and `eora`; the metrics it wrote."""
+    (workdir / "params.yaml").write_text(yaml.safe_dump({"seed": 0, "gptq": gptq, "eora": eora}))
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        runpy.run_path(str(Path(__file__).resolve().parents[1] / "stages" / f"{name}.py"))["main"](args)
+    finally:
+        os.chdir(cwd)
+    return json.loads((workdir / args[-1]).read_text())
+
+
 def test_disabled_steps_copy(tmp_path: Path, tiny_dir: Path, gptq_run: tuple[Path, dict]) -> None:
-    metrics = quantize.gptq(tiny_dir, tmp_path / "gptq", {**GPTQ, "enabled": False}, "unused", seed=0, on="cpu")
-    assert not metrics["quantized"] and not quantize.is_quantized(tmp_path / "gptq")
-    assert filecmp.cmp(tmp_path / "gptq" / "model.safetensors", tiny_dir / "model.safetensors", shallow=False)
-    metrics = quantize.eora(tiny_dir, tmp_path / "gptq", tmp_path / "eora", EORA, "unused", seed=0, on="cpu")
-    assert not metrics["adapter"] and "not quantized" in metrics["reason"]
-    metrics = quantize.eora(tiny_dir, gptq_run[0], tmp_path / "eora2", {**EORA, "enabled": False}, "unused", seed=0)
-    assert not metrics["adapter"] and quantize.is_quantized(tmp_path / "eora2")
-    assert not (tmp_path / "eora2" / "adapter").exists()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "lora").symlink_to(tiny_dir)
+    (tmp_path / "models" / "quantized").symlink_to(gptq_run[0])
+    off = {**GPTQ_SECTION, "enabled": False}
+    metrics = run_stage(tmp_path, "quantize", ["models/lora", "unused.txt", "models/gptq", "metrics/gptq.json"], off, EORA_SECTION)
+    assert metrics == {"enabled": False, "copied_from": "models/lora", "bytes": models.dir_bytes(tiny_dir)}
+    assert not models.is_quantized(tmp_path / "models" / "gptq")
+    assert filecmp.cmp(tmp_path / "models" / "gptq" / "model.safetensors", tiny_dir / "model.safetensors", shallow=False)
+    metrics = run_stage(tmp_path, "eora", ["models/lora", "models/gptq", "unused.txt", "models/eora", "metrics/eora.json"],
+                        off, EORA_SECTION)
+    assert not metrics["enabled"] and metrics["copied_from"] == "models/gptq" and "not quantized" in metrics["reason"]
+    metrics = run_stage(tmp_path, "eora", ["models/lora", "models/quantized", "unused.txt", "models/eora2",
+                                           "metrics/eora2.json"], GPTQ_SECTION, {**EORA_SECTION, "enabled": False})
+    assert not metrics["enabled"] and metrics["reason"] == "eora.enabled=false"
+    assert models.is_quantized(tmp_path / "models" / "eora2") and not (tmp_path / "models" / "eora2" / "adapter").exists()
+    # the library itself refuses EoRA on a checkpoint that is not quantized
+    with pytest.raises(ValueError, match=r"not quantized.*set eora\.enabled=false"):
+        quantize.eora(tiny_dir, tmp_path / "models" / "gptq", tmp_path / "eora3", EORA, "unused", seed=0, on=CPU)
+    assert not (tmp_path / "eora3").exists()
 
 
 def test_bf16_checkpoint_quantized_in_fp32_on_cpu_stays_bf16(tmp_path: Path, tiny_dir: Path, prose: str) -> None:
     # CPUs without native bfloat16 compute GPTQ in float32; the unquantized tensors are saved as the source stored them
     src = tmp_path / "bf16"
     models.save(models.load(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir), src, "bfloat16")
-    assert quantize.saved_dtype(src) == torch.bfloat16
+    assert models.saved_dtype(src) == "bfloat16"
     out = tmp_path / "gptq"
-    quantize.gptq(src, out, {**GPTQ, "samples": 4}, prose[:CALIB_CHARS], seed=0, on="cpu")
+    quantize.gptq(src, out, dataclasses.replace(GPTQ, samples=4), prose[:CALIB_CHARS], seed=0, on=CPU)
     with safe_open(next(out.glob("*.safetensors")), "pt") as f:
         embed = f.get_tensor("model.embed_tokens.weight")
     assert embed.dtype == torch.bfloat16
-    assert quantize.saved_dtype(out) == torch.bfloat16
+    assert models.saved_dtype(out) == "bfloat16"
