@@ -61,6 +61,30 @@ def prefill_decode(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int
     return prefill, time.perf_counter() - start
 
 
+@torch.no_grad()
+def compiled_decode_tok_s(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, rounds: int = 3) -> float:
+    """Greedy decode tokens/s at batch 1 the way a deployment runs it on a GPU: a static KV cache and the forward
+    pass compiled with CUDA graphs (`torch.compile(mode="reduce-overhead")`); the median of `rounds`, after
+    warm-up. Decode time is generate(new_tokens) minus generate(1 token), so the prefill cancels out."""
+    forward = model.forward
+    model.forward = torch.compile(forward, mode="reduce-overhead", fullgraph=True)
+    try:
+        def run(n: int) -> float:
+            _sync(prompt.device)
+            start = time.perf_counter()
+            model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, cache_implementation="static",
+                           pad_token_id=0)
+            _sync(prompt.device)
+            return time.perf_counter() - start
+
+        for _ in range(2):  # compile and capture the graphs
+            run(new_tokens)
+        speeds = [(new_tokens - 1) / (run(new_tokens) - run(1)) for _ in range(rounds)]
+    finally:
+        model.forward = forward
+    return statistics.median(speeds)
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -111,6 +135,8 @@ def run(paths: dict[str, str | Path], dtype: str, rounds: int, prompt_tokens: in
             record[f"prefill_vs_base{suffix}"] = record[f"prefill_tok_s{suffix}"] / out[base][f"prefill_tok_s{suffix}"]
             record[f"decode_vs_base{suffix}"] = record[f"decode_tok_s{suffix}"] / out[base][f"decode_tok_s{suffix}"]
         record["peak_mem_bytes"] = peak[name] if dev.type == "cuda" else memory[name]
+        if dev.type == "cuda" and not hasattr(loaded[name], "gptq_kernel"):
+            record["decode_tok_s_compiled"] = compiled_decode_tok_s(loaded[name], prompts[batch_sizes[0]][:1], new_tokens)
         record["dtype"] = str(next(loaded[name].parameters()).dtype).removeprefix("torch.")
     settings = {"device": hardware.name(dev), "dtype": dtype, "rounds": rounds, "prompt_tokens": prompt_tokens,
                 "new_tokens": new_tokens, "batch_sizes": batch_sizes, "baseline": base}

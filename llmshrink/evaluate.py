@@ -55,7 +55,8 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, path: str | Path, texts: di
     results they come from (for paired comparisons in the report): perplexity of each named text, QA exact
     match / match, multiple-choice acc / acc_norm, and size."""
     # before any forward pass: GPTQModel's CPU kernel repacks its weights on the first one (no dequantizing after)
-    metrics: dict[str, Any] = {"size": model_size(model, path), "dtype": model_dtype(model)}
+    metrics: dict[str, Any] = {"size": model_size(model, path), "dtype": model_dtype(model),
+                               "gptq_kernel": getattr(model, "gptq_kernel", None)}
     items: dict[str, Any] = {"perplexity": {}, "choice": {}}
     metrics["perplexity"] = {}
     for name, t in texts.items():

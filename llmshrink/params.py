@@ -83,16 +83,21 @@ def _build(cls: type, section: str, raw: Any) -> Any:
 
 @dataclass(frozen=True)
 class Model:
-    """Where the base checkpoint comes from, and the dtype every checkpoint is saved in."""
+    """Where the base checkpoint comes from, and the dtype it is saved in."""
 
     source: str
     hub_id: str
     local_path: str
     dtype: str
     tiny: dict
+    shape: str
+    tokenizer: str
 
     def __post_init__(self) -> None:
-        choice("model.source", self.source, ("embedded", "hub", "local", "tiny"))
+        choice("model.source", self.source, ("embedded", "hub", "local", "tiny", "random"))
+        choice("model.shape", self.shape, ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"))
+        if not isinstance(self.tokenizer, str):
+            raise ValueError(f"model.tokenizer={self.tokenizer!r} must be a folder path, or empty for the embedded tokenizer")
         choice("model.dtype", self.dtype, DTYPES)
         if not isinstance(self.tiny, dict):
             raise ValueError(f"model.tiny={self.tiny!r} must be a mapping of LlamaConfig sizes")

@@ -20,8 +20,10 @@ def main(argv: list[str] | None = None) -> None:
         sets.write(Path(tmp))
         for name in FILES:
             (Path(tmp) / name).replace(out / name)
+    texts = ", ".join(f"{name} ({t['domain']}) {len(t['text']):,}" for name, t in sets.perplexity.items())
+    tasks = ", ".join(f"{name} {len(t['items'])}" for name, t in sets.choice.items())
     print(f"{out}/: {len(sets.calibration):,} calibration chars, {len(sets.finetune):,} fine-tuning chars, "
-          f"{len(sets.perplexity):,} perplexity chars, {len(sets.qa)} + {len(sets.qa_train)} QA")
+          f"perplexity texts (chars): {texts}; {len(sets.qa)} + {len(sets.qa_train)} QA; multiple choice: {tasks}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ def main(argv: list[str] | None = None) -> None:
         model, tokenizer = models.load_hub(p.hub_id)
     elif p.source == "local":
         model, tokenizer = models.load_local(p.local_path)
+    elif p.source == "tiny":
+        model, tokenizer = models.tiny_model(p.tiny, seed, p.tokenizer)
     else:
-        model, tokenizer = models.tiny_model(p.tiny, seed)
+        model, tokenizer = models.shaped_model(p.shape, seed, p.tokenizer)
     with atomic_dir(args.out) as tmp:
         models.save(model, tokenizer, tmp, p.dtype)
     print(f"{args.out}: {model.config.model_type}, {model.config.num_hidden_layers} layers, "

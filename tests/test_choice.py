@@ -150,7 +150,7 @@ def test_read_items_reads_the_zeroshot_layout(shared_data, tmp_path):
 @pytest.mark.parametrize("bad, message", [
     ("{not json", "not JSON"),
     ('{"query": "Q", "choices": ["a", "b"]}', "expected an object with query, choices and gold"),
-    ('{"query": "Q", "choices": ["a"], "gold": 0}', "at least 2"),
+    ('{"query": "Q", "choices": ["a"], "gold": 0}', "choices must be a list of at least 2"),
     ('{"query": "Q", "choices": ["a", "b"], "gold": 2}', "gold must be an index"),
     ('{"query": "Q", "choices": ["a", "b"], "gold": -1}', "gold must be an index"),
     ('{"query": "Q", "choices": ["a", "b"], "gold": true}', "gold must be an index"),

@@ -1,0 +1,155 @@
+"""The whole DAG through `dvc repro` on one GPU with a random model of a real Llama shape, the GPU profile
+(profiles/gpu.txt) and local data; per-stage wall time and peak GPU memory (LLMSHRINK_TIMINGS), evaluation
+throughput against the bf16 roofline, compiled batch-1 decode, and the GPTQ kernel that ran.
+
+    python benchmarks/gpu_pipeline.py --shape llama-3.2-1b --assets device --out benchmarks/results/gpu_pipeline.json
+
+`--assets` is a folder with `tokenizer/` (a saved tokenizer) and `data/` (the layout of ../shared/data); the
+result is merged into `--out` (one run per shape). Runs on a CPU too (slowly), with `--shape tiny` for a dry run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llmshrink import hardware, models  # noqa: E402
+from llmshrink.params import read  # noqa: E402
+from llmshrink.perplexity import window_nll  # noqa: E402
+
+H200_BF16_DENSE_PEAK = 989.4e12  # FLOP/s, the datasheet's dense bf16 rate (H100/H200 SXM)
+
+
+def workspace(shape: str, assets: Path, path: Path) -> Path:
+    """A fresh git + DVC repository with the project's pipeline and params set for this run."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml", "stages", "llmshrink", ".dvc", ".dvcignore"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, path / name)
+    shutil.rmtree(path / ".dvc" / "cache", ignore_errors=True)
+    shutil.rmtree(path / ".dvc" / "tmp", ignore_errors=True)
+    data = assets.resolve() / "data"
+    sets = [line.strip() for line in (ROOT / "profiles" / "gpu.txt").read_text().splitlines() if line.strip()]
+    sets += [f"model.tokenizer={assets.resolve() / 'tokenizer'}", "data.source=local",
+             f"data.local.wikitext_test={data}/wikitext2/test_rows.json",
+             f"data.local.wikitext_valid={data}/wikitext2/valid_tokens.txt",
+             f"data.local.triviaqa={data}/triviaqa/validation.jsonl",
+             f"data.local.shakespeare={data}/text/tinyshakespeare.txt",
+             f"data.choice_files.arc_easy={data}/zeroshot/arc_easy.jsonl",
+             f"data.choice_files.piqa={data}/zeroshot/piqa.jsonl"]
+    sets += ["model.source=tiny", "model.dtype=float32", "gptq.group_size=32"] if shape == "tiny" else \
+            ["model.source=random", f"model.shape={shape}", "model.dtype=bfloat16"]
+    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "bench",
+           "GIT_COMMITTER_EMAIL": "b@b"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=path, check=True, env=env)
+    subprocess.run(["dvc", "config", "--local", "cache.type", "hardlink,symlink"], cwd=path, check=True)
+    for s in sets:  # the same -S syntax as `dvc exp run`, applied to params.yaml
+        subprocess.run([sys.executable, "-c", SET_PARAM, s], cwd=path, check=True)
+    return path
+
+
+SET_PARAM = """
+import sys
+from ruamel.yaml import YAML
+key, value = sys.argv[1].split("=", 1)
+yaml = YAML()
+params = yaml.load(open("params.yaml"))
+node = params
+*parents, last = key.split(".")
+for k in parents:
+    node = node[k]
+node[last] = YAML(typ="safe", pure=True).load(value)
+yaml.dump(params, open("params.yaml", "w"))
+"""
+
+
+@torch.no_grad()
+def eval_throughput(path: Path, seq_len: int = 2048, batch: int = 16, batches: int = 8) -> dict[str, float]:
+    """Perplexity-scoring tokens/s of a checkpoint (the evaluator's own `window_nll`, bf16 on the GPU) and its share
+    of the bf16 roofline: 2 x parameters x tokens/s against the datasheet peak and against a measured matmul."""
+    dev = hardware.device()
+    dtype = hardware.resolve_dtype("auto", dev)
+    model = models.load(path, dtype, dev)
+    params = sum(p.numel() for p in model.parameters())
+    g = torch.Generator().manual_seed(0)
+    chunks = list(torch.randint(0, model.config.vocab_size, (batch * batches, seq_len), generator=g))
+    window_nll(model, chunks[:batch], batch, progress=False)  # warm-up
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    window_nll(model, chunks, batch, progress=False)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    tok_s = len(chunks) * seq_len / (time.perf_counter() - start)
+    mm = matmul_peak(dev)
+    flops = 2 * params * tok_s
+    return {"eval_tok_s": tok_s, "params": params, "model_flop_s": flops, "matmul_peak_flop_s": mm,
+            "roofline_share": flops / H200_BF16_DENSE_PEAK if dev.type == "cuda" else flops / mm,
+            "matmul_share": flops / mm}
+
+
+def matmul_peak(dev: torch.device, n: int = 8192, reps: int = 20) -> float:
+    """Measured bf16 (GPU) or fastest-dtype (CPU) matrix-multiply rate in FLOP/s."""
+    if dev.type != "cuda":
+        return hardware.matmul_gflops(hardware.DTYPES[hardware.fastest_cpu_dtype()]) * 1e9
+    a, b = (torch.randn(n, n, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    torch.mm(a, b)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="llama-3.2-1b", choices=["tiny", *models.SHAPES])
+    parser.add_argument("--assets", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/llmshrink-gpu"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_pipeline.json")
+    args = parser.parse_args()
+    ws = workspace(args.shape, args.assets, args.work / args.shape)
+    timings = ws / "timings.jsonl"
+    env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings), "GPTQMODEL_DISABLE_GPTQ_CUDA": "1",
+           "PYTHONPATH": os.pathsep.join([str(ws), os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
+    done = subprocess.run(["dvc", "repro"], cwd=ws, env=env)
+    total = time.perf_counter() - start
+    stages = {}
+    for line in timings.read_text().splitlines() if timings.exists() else []:
+        r = json.loads(line)
+        stages[r["stage"]] = {"seconds": r["seconds"], "peak_gpu_bytes": r["peak_gpu_bytes"]}
+    run = {"shape": args.shape, "device": hardware.name(hardware.device()), "ok": done.returncode == 0,
+           "total_seconds": round(total, 1), "stages": stages}
+    if done.returncode == 0:
+        bench = json.loads((ws / "metrics" / "benchmark.json").read_text())["checkpoints"]
+        run |= eval_throughput(ws / "models" / "base")
+        run["decode_tok_s_b1"] = bench["base"].get("decode_tok_s_compiled")
+        run["decode_tok_s_b1_eager"] = bench["base"]["decode_tok_s"]
+        run["decode_tok_s"] = {name: {k: v for k, v in b.items() if k.startswith("decode_tok_s")} for name, b in bench.items()}
+        run["gptq_kernel"] = json.loads((ws / "metrics" / "eval" / "gptq.json").read_text()).get("gptq_kernel")
+        run["eval"] = {name: json.loads((ws / "metrics" / "eval" / f"{name}.json").read_text())["size"]
+                       for name in ("base", "gptq", "eora")}
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
+    runs = [r for r in previous["runs"] if r["shape"] != args.shape] + [run]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    print(json.dumps(run, indent=2))
+    sys.exit(done.returncode)
+
+
+if __name__ == "__main__":
+    main()
