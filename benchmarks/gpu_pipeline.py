@@ -30,7 +30,7 @@ from llmshrink.perplexity import window_nll  # noqa: E402
 H200_BF16_DENSE_PEAK = 989.4e12  # FLOP/s, the datasheet's dense bf16 rate (H100/H200 SXM)
 
 
-def workspace(shape: str, assets: Path, path: Path) -> Path:
+def workspace(shape: str, assets: Path, profile: Path, path: Path) -> Path:
     """A fresh git + DVC repository with the project's pipeline and params set for this run."""
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -40,7 +40,7 @@ def workspace(shape: str, assets: Path, path: Path) -> Path:
     shutil.rmtree(path / ".dvc" / "cache", ignore_errors=True)
     shutil.rmtree(path / ".dvc" / "tmp", ignore_errors=True)
     data = assets.resolve() / "data"
-    sets = [line.strip() for line in (ROOT / "profiles" / "gpu.txt").read_text().splitlines() if line.strip()]
+    sets = [line.strip() for line in profile.read_text().splitlines() if line.strip()]
     sets += [f"model.tokenizer={assets.resolve() / 'tokenizer'}", "data.source=local",
              f"data.local.wikitext_test={data}/wikitext2/test_rows.json",
              f"data.local.wikitext_valid={data}/wikitext2/valid_tokens.txt",
@@ -118,10 +118,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="llama-3.2-1b", choices=["tiny", *models.SHAPES])
     parser.add_argument("--assets", type=Path, required=True)
+    parser.add_argument("--profile", type=Path, default=ROOT / "profiles" / "gpu.txt", help="section.key=value lines")
     parser.add_argument("--work", type=Path, default=Path("/tmp/llmshrink-gpu"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_pipeline.json")
     args = parser.parse_args()
-    ws = workspace(args.shape, args.assets, args.work / args.shape)
+    ws = workspace(args.shape, args.assets, args.profile, args.work / args.shape)
     timings = ws / "timings.jsonl"
     env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings), "GPTQMODEL_DISABLE_GPTQ_CUDA": "1",
            "PYTHONPATH": os.pathsep.join([str(ws), os.environ.get("PYTHONPATH", "")])}

@@ -2,10 +2,12 @@
 
 Score convention: for every criterion a HIGHER score means a MORE IMPORTANT layer.
 - `ppl`: perplexity of the model with that one layer removed (Kim et al. 2024, "Shortened LLaMA", PPL criterion);
-- `taylor`: |sum_W W * dL/dW| over the layer's weight matrices, the first-order Taylor estimate of the loss
-  change when they are zeroed (Shortened LLaMA, Taylor+; "+" is the protect_first / protect_last rule);
-- `magnitude`: sum_W |W|, the L1 norm of the layer's weight matrices (Shortened LLaMA, magnitude baseline);
+- `taylor`: sum over the layer's weights w of |w * dL/dw|, the first-order Taylor estimate of the loss change
+  when each weight alone is zeroed, in absolute value so that opposite changes do not cancel (Shortened LLaMA,
+  Taylor+, as its anal_block_sensitivity_taylor.py; "+" is the protect_first / protect_last rule);
+- `magnitude`: sum of |w| over the layer's weights (Shortened LLaMA, magnitude baseline);
 - `block_influence`: 1 - mean over tokens of cos(x_in, x_out) of the layer (Men et al. 2024, ShortGPT).
+A layer's weights are, as in the reference, its weight matrices and its RMSNorm weight vectors (biases left out).
 """
 from __future__ import annotations
 
@@ -73,8 +75,8 @@ def layers_kept(model: PreTrainedModel, indices: Sequence[int]) -> Iterator[PreT
 
 
 def _weights(layer: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The weight matrices of a decoder layer (norm vectors and biases left out)."""
-    return [p for p in layer.parameters() if p.ndim >= 2]
+    """The weights of a decoder layer: its weight matrices and RMSNorm weights (biases left out, as the reference)."""
+    return [p for name, p in layer.named_parameters() if name.endswith("weight")]
 
 
 def score_ppl(model: PreTrainedModel, windows: torch.Tensor, batch_size: int) -> list[float]:
@@ -88,7 +90,7 @@ def score_ppl(model: PreTrainedModel, windows: torch.Tensor, batch_size: int) ->
 
 
 def score_taylor(model: PreTrainedModel, windows: torch.Tensor, batch_size: int) -> list[float]:
-    """|sum W * dL/dW| per layer, L the mean next-token loss over all calibration tokens."""
+    """sum |w * dL/dw| over each layer's weights, L the mean next-token loss over all calibration tokens."""
     model.zero_grad(set_to_none=True)
     total = windows.numel() - windows.size(0)
     for batch in tqdm(windows.split(batch_size), desc="taylor gradients"):
@@ -97,15 +99,15 @@ def score_taylor(model: PreTrainedModel, windows: torch.Tensor, batch_size: int)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum")
         (loss / total).backward()
     with torch.no_grad():
-        scores = [sum((w * w.grad).sum() for w in _weights(layer)).abs().item() for layer in decoder_layers(model)]
+        scores = [sum((w * w.grad).float().abs().sum().item() for w in _weights(layer)) for layer in decoder_layers(model)]
     model.zero_grad(set_to_none=True)
     return scores
 
 
 @torch.no_grad()
 def score_magnitude(model: PreTrainedModel, windows: torch.Tensor, batch_size: int) -> list[float]:
-    """L1 norm of each layer's weight matrices (needs no data)."""
-    return [sum(w.abs().sum().item() for w in _weights(layer)) for layer in decoder_layers(model)]
+    """L1 norm of each layer's weights (needs no data)."""
+    return [sum(w.float().abs().sum().item() for w in _weights(layer)) for layer in decoder_layers(model)]
 
 
 @torch.no_grad()

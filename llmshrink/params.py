@@ -245,11 +245,13 @@ class Gptq:
     desc_act: bool
     damp_percent: float
     sym: bool
+    keep_sparsity: bool
     samples: int
     seq_len: int
 
     def __post_init__(self) -> None:
         flag("gptq.enabled", self.enabled)
+        flag("gptq.keep_sparsity", self.keep_sparsity)
         choice("gptq.bits", self.bits, (2, 3, 4, 8))
         choice("gptq.group_size", self.group_size, (16, 32, 64, 128, 256, 512, 1024))
         flag("gptq.desc_act", self.desc_act)

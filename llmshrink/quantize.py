@@ -6,6 +6,7 @@ the columns not yet quantized through the inverse Hessian H = 2 X X^T of calibra
 EoRA (Liu et al. 2024) approximates the remaining error W - W_q by a rank-r product B A chosen in the
 eigenspace of the activation covariance, so that it minimises ||(W - W_q - B A) X|| rather than the
 plain weight error; it is kept as a LoRA adapter next to the untouched quantized checkpoint.
+GPTQ's error feedback moves weights that width pruning set to zero; `gptq.keep_sparsity` sets them back to zero.
 gptqmodel is imported only by the functions that use it: its import takes seconds and prints a banner.
 """
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 # GPTQModel sizes its CPU worker pool from this variable; on 2 cores the default fails with
 # "requests 2 workers but parent 'cpu' only has 1". It must be set before gptqmodel is imported.
@@ -65,8 +67,53 @@ def calibration(src: str | Path, text: str, n_samples: int, seq_len: int, seed: 
     return [{"input_ids": w.tolist(), "attention_mask": [1] * len(w)} for w in windows]
 
 
+@contextmanager
+def zeros_kept() -> Iterator[None]:
+    """Within the block, GPTQModel's GPTQ returns every weight that is exactly 0 before quantization as exactly 0.
+
+    GPTQ quantizes column by column and spreads each column's rounding error over the columns not yet quantized,
+    which moves pruned weights away from 0. Here the quantized weights GPTQ.quantize returns are set to 0 at the
+    pruned positions before GPTQModel packs them; 0 is on every GPTQ grid (the zero point is an integer code),
+    so they pack to the zero-point code and dequantize to exactly 0. This is a post-hoc mask: SparseGPT's joint
+    pruning and quantization (masked weights quantized to 0 inside the column loop, their error fed forward) would
+    need the column permutation (act_group_aware, desc_act) that is local to GPTQ.quantize, so it cannot be
+    hooked without copying that method."""
+    from gptqmodel.quantization.gptq import GPTQ
+
+    original = GPTQ.quantize
+
+    def quantize(self: GPTQ, *args: Any, **kwargs: Any) -> tuple:
+        pruned = self.module.weight.data == 0
+        q, *rest = original(self, *args, **kwargs)
+        return (q.masked_fill(pruned.to(q.device), 0), *rest)
+
+    GPTQ.quantize = quantize
+    try:
+        yield
+    finally:
+        GPTQ.quantize = original
+
+
+@torch.no_grad()
+def sparsity_kept(quantized: str | Path, source: str | Path) -> dict[str, float | None]:
+    """Over the linear layers GPTQ quantized: the share of weights that are exactly 0 in the unquantized checkpoint
+    `source` (`source_sparsity`) and the share of those that dequantize to exactly 0 in `quantized` (`mask_kept`,
+    None when `source` has no zeros there)."""
+    model = models.load(quantized, "float32", torch.device("cpu"))
+    dense = dict(models.load(source, "float32", torch.device("cpu")).named_modules())
+    zeros = kept = weights = 0
+    for name, module in model.named_modules():
+        if hasattr(module, "qweight") and hasattr(module, "dequantize_weight"):
+            pruned = dense[name].weight == 0
+            zeros, weights = zeros + int(pruned.sum()), weights + pruned.numel()
+            kept += int((module.dequantize_weight().T.float().cpu()[pruned] == 0).sum())
+    return {"source_sparsity": zeros / weights, "mask_kept": kept / zeros if zeros else None}
+
+
 def gptq(src: str | Path, out: str | Path, p: Gptq, text: str, seed: int, on: torch.device | None = None) -> dict[str, Any]:
-    """Quantize the checkpoint `src` with GPTQ into `out`; `text` is the calibration text. Returns the metrics."""
+    """Quantize the checkpoint `src` with GPTQ into `out`; `text` is the calibration text. With gptq.keep_sparsity
+    the weights that are 0 in `src` stay exactly 0 (`zeros_kept`). Returns the metrics, with the share of `src`'s
+    zeros kept."""
     on = on or hardware.device()
     check_gptq(p, src, on)
     calib = calibration(src, text, p.samples, p.seq_len, seed)
@@ -80,16 +127,17 @@ def gptq(src: str | Path, out: str | Path, p: Gptq, text: str, seed: int, on: to
         config = QuantizeConfig(**{k: getattr(p, k) for k in QUANT_KEYS}, offload_to_disk=offload,
                                 offload_to_disk_path=str(work / "offload") if offload else None)
         model = GPTQModel.load(str(src), config, device=on.type, dtype=dtype)
-        model.quantize(calib, batch_size=CALIB_BATCH)
+        with zeros_kept() if p.keep_sparsity else nullcontext():
+            model.quantize(calib, batch_size=CALIB_BATCH)
         if not offload:  # the unquantized tensors (embeddings, norms) as stored in `src`; scales stay float16
             for t in (*model.model.parameters(), *model.model.buffers()):
                 if t.dtype == dtype:
                     t.data = t.data.to(hardware.DTYPES[keep])
         model.save(str(tmp))
         models.canonicalize(tmp)
-    settings = {k: getattr(p, k) for k in (*QUANT_KEYS, "samples", "seq_len")}
+    settings = {k: getattr(p, k) for k in (*QUANT_KEYS, "keep_sparsity", "samples", "seq_len")}
     return {"enabled": True, **settings, "device": hardware.name(on),
-            "bytes": models.dir_bytes(out), "source_bytes": models.dir_bytes(src)}
+            "bytes": models.dir_bytes(out), "source_bytes": models.dir_bytes(src), **sparsity_kept(out, src)}
 
 
 def eora(reference: str | Path, quantized: str | Path, out: str | Path, p: Eora, text: str, seed: int,
