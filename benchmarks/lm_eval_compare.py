@@ -45,7 +45,7 @@ def wikitext(model: Any, tokenizer: Any, tm: Any, max_windows: int | None, n_doc
     ours_raw, t_raw = timed(lambda: evaluate.text_perplexity(
         model, tokenizer, "\n\n".join(rows), SEQ_LEN, batch_size, max_windows))
     detok = [tokenize(tokenizer, wikitext_detokenizer(d)) for d in docs]
-    chunks = [w for ids in detok for w in evaluate.windows(ids, SEQ_LEN)]
+    chunks = [w for ids in detok for w in evaluate.windows(ids, SEQ_LEN, protocol="all_tokens")]
     (ppl_detok, tokens_detok), t_detok = timed(lambda: evaluate.perplexity(model, chunks, batch_size))
 
     task = harness.local_task(tm, "wikitext", "test", docs_file)
