@@ -25,14 +25,17 @@ OUT = ROOT / "benchmarks" / "results" / "depth.json"
 
 
 def eval_dtype(model: torch.nn.Module, chunks: list[torch.Tensor], batch_size: int) -> tuple[torch.dtype, dict[str, float]]:
-    """bfloat16 if a perplexity pass over `chunks` is faster in it than in float32, with both timings."""
+    """bfloat16 if a perplexity pass over `chunks` is faster in it than in float32, with both timings; the model
+    is left in the chosen dtype (the probe used to leave it in bfloat16 whatever it chose)."""
     seconds = {}
     for dtype in (torch.float32, torch.bfloat16):
         model.to(dtype)
         start = time.perf_counter()
         perplexity(model, chunks, batch_size, progress=False)
         seconds[str(dtype).removeprefix("torch.")] = time.perf_counter() - start
-    return (torch.bfloat16 if seconds["bfloat16"] < seconds["float32"] else torch.float32), seconds
+    chosen = torch.bfloat16 if seconds["bfloat16"] < seconds["float32"] else torch.float32
+    model.to(chosen)
+    return chosen, seconds
 
 
 def main() -> None:
@@ -42,6 +45,7 @@ def main() -> None:
     ap.add_argument("--eval-windows", type=int, default=40, help="cap on 512-token perplexity windows")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     started = time.perf_counter()
@@ -79,7 +83,7 @@ def main() -> None:
             results[criterion][k] = {"removed": removed, "ppl": round(ppl_without(removed), 3)}
             print(f"{criterion} -{k}: {removed} ppl {results[criterion][k]['ppl']}", flush=True)
 
-    write_json(OUT, {
+    write_json(args.out, {
         "model": "SmolLM2-135M-Instruct (embedded, 30 layers)",
         "calibration": f"wikitext2/valid_tokens.txt, {args.samples} x {args.seq_len} tokens, seed {args.seed}",
         "perplexity_text": f"wikitext2 test_rows joined by blank lines, {len(chunks)} x 512-token windows "
@@ -94,7 +98,7 @@ def main() -> None:
         "layer_scores": {c: [round(s["score"], 6) for s in v] for c, v in scores.items()},
         "total_seconds": round(time.perf_counter() - started, 1),
     })
-    print(f"wrote {OUT.relative_to(ROOT)}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Run from the repo root: `python benchmarks/depth_taylor.py`.
 """
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -35,9 +36,15 @@ def signed_taylor(model: torch.nn.Module, windows: torch.Tensor) -> list[dict]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=SAMPLES, help="calibration windows")
+    ap.add_argument("--seq-len", type=int, default=SEQ_LEN, help="calibration window length")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
     model, tokenizer = models.load_embedded()
     model.eval()
-    calib = token_windows(tokenizer, (DATA / "valid_tokens.txt").read_text(encoding="utf-8"), SAMPLES, SEQ_LEN, seed=0)
+    calib = token_windows(tokenizer, (DATA / "valid_tokens.txt").read_text(encoding="utf-8"), args.samples, args.seq_len,
+                          seed=0)
     scores, seconds = {}, {}
     for criterion in ("taylor", "taylor_signed_sum", "block_influence", "ppl"):
         start = time.perf_counter()
@@ -47,9 +54,9 @@ def main() -> None:
         print(criterion, seconds[criterion], "s", flush=True)
     removed = {c: {k: depth.layers_to_remove(s, k, PROTECT_FIRST, PROTECT_LAST) for k in (2, 4, 8)} for c, s in scores.items()}
     shared = {c: {k: sorted(set(removed["taylor"][k]) & set(r[k])) for k in r} for c, r in removed.items() if c != "taylor"}
-    write_json(OUT, {
+    write_json(args.out, {
         "model": "SmolLM2-135M-Instruct (embedded, 30 layers)",
-        "calibration": f"wikitext2/valid_tokens.txt, {SAMPLES} x {SEQ_LEN} tokens, seed 0",
+        "calibration": f"wikitext2/valid_tokens.txt, {args.samples} x {args.seq_len} tokens, seed 0",
         "protect_first": PROTECT_FIRST,
         "protect_last": PROTECT_LAST,
         "removed": removed,
@@ -57,7 +64,7 @@ def main() -> None:
         "score_seconds": seconds,
         "layer_scores": {c: [round(x["score"], 6) for x in s] for c, s in scores.items()},
     })
-    print(removed, f"wrote {OUT.relative_to(ROOT)}", sep="\n")
+    print(removed, f"wrote {args.out}", sep="\n")
 
 
 if __name__ == "__main__":

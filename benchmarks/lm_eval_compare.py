@@ -16,10 +16,11 @@ from typing import Any, Callable
 
 import torch
 
-from llmshrink import evaluate, harness, models, qa
+from llmshrink import hardware, harness, models, qa
 from llmshrink.atomic import write_json
 from llmshrink.calib import tokenize
 from llmshrink.data import qa_record
+from llmshrink.perplexity import perplexity, text_perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -42,11 +43,12 @@ def wikitext(model: Any, tokenizer: Any, tm: Any, max_windows: int | None, n_doc
     docs_file = DATA / "wikitext2" / "test_docs.jsonl"
     docs = [json.loads(line) for line in docs_file.read_text(encoding="utf-8").splitlines() if line][:n_docs]
 
-    ours_raw, t_raw = timed(lambda: evaluate.text_perplexity(
+    ours_raw, t_raw = timed(lambda: text_perplexity(
         model, tokenizer, "\n\n".join(rows), SEQ_LEN, batch_size, max_windows))
+    ours_raw.pop("window_nll"), ours_raw.pop("window_tokens")  # per-window values, for intervals; not reported
     detok = [tokenize(tokenizer, wikitext_detokenizer(d)) for d in docs]
-    chunks = [w for ids in detok for w in evaluate.windows(ids, SEQ_LEN, protocol="all_tokens")]
-    (ppl_detok, tokens_detok), t_detok = timed(lambda: evaluate.perplexity(model, chunks, batch_size))
+    chunks = [w for ids in detok for w in windows(ids, SEQ_LEN, protocol="all_tokens")]
+    (ppl_detok, tokens_detok), t_detok = timed(lambda: perplexity(model, chunks, batch_size))
 
     task = harness.local_task(tm, "wikitext", "test", docs_file)
     res, t_lm = timed(lambda: harness.run(model, tokenizer, [task], tm, batch_size, max_length=SEQ_LEN,
@@ -99,14 +101,15 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=None, help="WikiText-2 test documents for lm-eval (default: all 62)")
     ap.add_argument("--questions", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     from lm_eval.tasks import TaskManager
 
     torch.manual_seed(0)
-    dev = evaluate.device()
-    dtype = evaluate.resolve_dtype("auto", dev)
+    dev = hardware.device()
+    dtype = hardware.resolve_dtype("auto", dev)
     model, tokenizer = models.load_embedded()
-    model = model.to(dev, models.DTYPES[dtype]).eval()
+    model = model.to(dev, hardware.DTYPES[dtype]).eval()
     tm, t_index = timed(TaskManager)
     result = {
         "model": "SmolLM2-135M-Instruct (embedded)", "device": dev.type, "dtype": dtype,
@@ -115,7 +118,7 @@ def main() -> None:
         "wikitext": wikitext(model, tokenizer, tm, args.max_windows, args.docs, args.batch_size),
         "triviaqa": triviaqa(model, tokenizer, tm, args.questions, args.batch_size),
     }
-    write_json(OUT, result)
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -14,15 +14,17 @@ from pathlib import Path
 
 import torch
 
-from llmshrink import calib, evaluate, models, wanda
+from llmshrink import calib, hardware, models, params, wanda
 from llmshrink.atomic import write_json
+from llmshrink.perplexity import perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2"
 CONFIGS = ["dense", "1:8", "2:4", "4:8", "unstructured", "magnitude 2:4"]
+UNSTRUCTURED = "unstructured:0.5"  # the config `unstructured`: half of each row (formerly wanda.sparsity 0.5)
 
 
-def magnitude_nm(model: torch.nn.Module, s: wanda.Settings) -> dict[str, torch.nn.Linear]:
+def magnitude_nm(model: torch.nn.Module, s: params.Wanda) -> dict[str, torch.nn.Linear]:
     """Baseline: zero the n smallest |W| of every m inputs (WANDA with all input norms equal)."""
     pruned = wanda.targets(model, s)
     with torch.no_grad():
@@ -50,14 +52,15 @@ def main() -> None:
     valid = (DATA / "valid_tokens.txt").read_text(encoding="utf-8")
     calib_ids = calib.token_windows(tokenizer, valid, args.samples, args.seq_len, seed=0)
     test_text = "\n\n".join(json.loads((DATA / "test_rows.json").read_text(encoding="utf-8")))
-    chunks = evaluate.windows(calib.tokenize(tokenizer, test_text), args.eval_seq_len, args.max_windows)
+    chunks = windows(calib.tokenize(tokenizer, test_text), args.eval_seq_len, args.max_windows)
 
     results = []
     for config in args.configs:
         model.load_state_dict(dense_state)
         pattern = config.removeprefix("magnitude ")
-        s = wanda.settings({"pattern": pattern, "sparsity": 0.5, "modules": list(wanda.MODULES),
-                            "dense_layers": [], "samples": args.samples, "seq_len": args.seq_len}) if config != "dense" else None
+        pattern = UNSTRUCTURED if pattern == "unstructured" else pattern
+        s = params.Wanda(enabled=True, pattern=pattern, modules=params.MODULES, dense_layers=(),
+                         samples=args.samples, seq_len=args.seq_len) if config != "dense" else None
         t0 = time.perf_counter()
         if s is None:
             row = {"config": "dense", "sparsity": 0.0}
@@ -66,7 +69,7 @@ def main() -> None:
             row = {"config": config, "sparsity": wanda.report(s, pruned)["sparsity"]}
         row["prune_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        ppl, n_tokens = evaluate.perplexity(model.to(models.DTYPES[args.eval_dtype]), chunks, batch_size=4)
+        ppl, n_tokens = perplexity(model.to(hardware.DTYPES[args.eval_dtype]), chunks, batch_size=4)
         model.float()
         row.update(ppl=round(ppl, 3), eval_s=round(time.perf_counter() - t0, 1))
         print(row, flush=True)
@@ -74,7 +77,7 @@ def main() -> None:
 
     write_json(args.out, {
         "model": "SmolLM2-135M-Instruct (embedded GGUF Q4_1, dequantized to float32)",
-        "modules": list(wanda.MODULES),
+        "modules": list(params.MODULES),
         "calibration": {"text": "wikitext2/valid_tokens.txt", "samples": args.samples, "seq_len": args.seq_len, "seed": 0},
         "perplexity": {"text": "wikitext2/test_rows.json joined by blank lines", "seq_len": args.eval_seq_len,
                        "windows": len(chunks), "tokens_scored": n_tokens, "dtype": args.eval_dtype},
