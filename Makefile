@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: setup repro test
+.PHONY: setup repro test gpu-repro
 setup: $(STAMP)
 
 repro: $(STAMP)
@@ -18,3 +18,7 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -v tests
+
+# The thesis-scale profile (profiles/gpu.txt: one `section.key=value` a line) as one DVC experiment.
+gpu-repro:
+	dvc exp run $(addprefix -S ,$(shell cat profiles/gpu.txt))

@@ -35,7 +35,7 @@ def check_item(item: Any) -> str | None:
 def read_items(path: str | Path) -> list[dict[str, Any]]:
     """Read and validate a multiple-choice jsonl file (blank lines skipped); errors name the file and line."""
     items = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), start=1):  # not splitlines: U+2028
         if not line.strip():
             continue
         try:

@@ -114,7 +114,7 @@ def local(p: Data, seed: int) -> TextSets:
     valid = _existing("data.local.wikitext_valid", paths["wikitext_valid"]).read_text(encoding="utf-8")
     blocks = [b.strip() for b in valid.split("\n \n") if b.strip()]
     calibration, finetune = split_pool(blocks, p.calibration_share, p.max_chars)
-    lines = _existing("data.local.triviaqa", paths["triviaqa"]).read_text(encoding="utf-8").splitlines()
+    lines = _existing("data.local.triviaqa", paths["triviaqa"]).read_text(encoding="utf-8").split("\n")
     records = []
     for line in filter(None, lines):
         r = json.loads(line)

@@ -163,7 +163,7 @@ def heal(model: PreTrainedModel, batches: list[Batch], p: Lora, seed: int, adapt
     if p.keep_sparsity:
         with torch.no_grad():
             for name, w in weights.items():
-                w.mul_(masks[name])
+                w.mul_(masks[name].to(w.device))
     metrics = {
         "dataset": p.dataset,
         "loss_on": "all tokens" if p.dataset == "wikitext" else "answer tokens",
