@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/llmshrink-gpu"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_pipeline.json")
     parser.add_argument("--resume", action="store_true", help="continue `dvc repro` in an existing workspace")
+    parser.add_argument("--timeout", type=float, default=None, help="stop `dvc repro` after this many seconds")
     args = parser.parse_args()
     ws = args.work / args.shape
     if not (args.resume and ws.is_dir()):
@@ -136,21 +137,25 @@ def main() -> None:
     env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings), "GPTQMODEL_DISABLE_GPTQ_CUDA": "1",
            "PYTHONPATH": os.pathsep.join([str(ws), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
-    done = subprocess.run(["dvc", "repro"], cwd=ws, env=env)
+    try:
+        ok = subprocess.run(["dvc", "repro"], cwd=ws, env=env, timeout=args.timeout).returncode == 0
+    except subprocess.TimeoutExpired:
+        ok = False
     total = time.perf_counter() - start
     stages = {}
     for line in timings.read_text().splitlines() if timings.exists() else []:
         r = json.loads(line)
         stages[r["stage"]] = {"seconds": r["seconds"], "peak_gpu_bytes": r["peak_gpu_bytes"]}
-    run = {"shape": args.shape, "device": hardware.name(hardware.device()), "ok": done.returncode == 0,
+    run = {"shape": args.shape, "device": hardware.name(hardware.device()), "ok": ok,
            "total_seconds": round(sum(s["seconds"] for s in stages.values()), 1), "last_call_seconds": round(total, 1),
            "stages": stages}
-    if done.returncode == 0:
+    run |= eval_throughput(ws / "models" / "base")
+    if (ws / "metrics" / "benchmark.json").exists():
         bench = json.loads((ws / "metrics" / "benchmark.json").read_text())["checkpoints"]
-        run |= eval_throughput(ws / "models" / "base")
         run["decode_tok_s_b1"] = bench["base"].get("decode_tok_s_compiled")
         run["decode_tok_s_b1_eager"] = bench["base"]["decode_tok_s"]
         run["decode_tok_s"] = {name: {k: v for k, v in b.items() if k.startswith("decode_tok_s")} for name, b in bench.items()}
+    if (ws / "metrics" / "eval" / "eora.json").exists():
         run["gptq_kernel"] = json.loads((ws / "metrics" / "eval" / "gptq.json").read_text()).get("gptq_kernel")
         run["eval"] = {name: json.loads((ws / "metrics" / "eval" / f"{name}.json").read_text())["size"]
                        for name in ("base", "gptq", "eora")}
@@ -159,7 +164,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     print(json.dumps(run, indent=2))
-    sys.exit(done.returncode)
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":
