@@ -32,6 +32,7 @@ COLUMNS = ("config", "layers", "order", "ppl", "exact_match", "match", "open_exa
 
 def _index(name: str, value: Any, n_layers: int) -> int:
     """A layer in [0, n_layers - 1] from an index (negative from the end) or an anchor `first|mid|last[+-k]`."""
+    given = value
     anchor = re.fullmatch(r"\s*(first|mid|last)\s*(?:([+-])\s*(\d+))?\s*", value) if isinstance(value, str) else None
     if anchor:
         offset = int(anchor[3] or 0) * (-1 if anchor[2] == "-" else 1)
@@ -43,7 +44,7 @@ def _index(name: str, value: Any, n_layers: int) -> int:
     else:
         value = value + n_layers if value < 0 else value
     if not 0 <= value < n_layers:
-        raise ValueError(f"{name}={value!r} is outside the model's layers [0, {n_layers - 1}]; use an anchor "
+        raise ValueError(f"{name}={given!r} is layer {value}, outside the model's layers [0, {n_layers - 1}]; use an anchor "
                          "(first, mid, last with an offset) so the configuration scales with the layer count")
     return value
 

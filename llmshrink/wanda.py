@@ -17,6 +17,8 @@ from tqdm import tqdm
 from llmshrink.models import decoder_layers
 from llmshrink.params import Wanda, choice
 
+LayerInput = tuple[torch.Tensor, dict[str, Any]]  # hidden states entering a decoder layer, its keyword arguments
+
 
 def targets(model: nn.Module, s: Wanda) -> dict[str, nn.Linear]:
     """The linear modules to prune by name ("layers.3.mlp.down_proj"), after checking them against the model."""
