@@ -1,0 +1,402 @@
+"""Recipe sweeps: a grid of params (`sweeps/<name>.yaml`) queued as DVC experiments in DVC's own queue, and the
+size-quality frontier over the finished experiments.
+
+    python -m llmshrink.sweep queue sweeps/thesis.yaml [-j N] [--start] [--dry-run]
+    python -m llmshrink.sweep frontier [--out metrics/frontier.csv] [--budget 0.5]
+
+A grid: `params` maps a dotted param to its list of values (the product is swept), `exclude` lists partial
+assignments (a combination matching every key of one is dropped), `fixed` maps params set in every experiment.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
+
+from llmshrink import params
+from llmshrink.atomic import atomic_file
+from llmshrink.plots import _save
+from llmshrink.report import quality
+
+GRID_KEYS = ("params", "exclude", "fixed")
+KEY = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*")
+# name prefix of a swept param's value; others use the last part of their dotted name
+LABELS = {"prune.layers": "L", "wanda.enabled": "wanda", "wanda.pattern": "w", "lora.dataset": "",
+          "gptq.bits": "b", "eora.enabled": "eora"}
+FINAL, BASE, BENCHMARK = "metrics/eval/eora.json", "metrics/eval/base.json", "metrics/benchmark.json"
+SIZE = "disk_bytes_vs_base"
+
+
+# --- grid -----------------------------------------------------------------------------------------------------
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as params: `true` is not `1`."""
+    return a == b and isinstance(a, bool) is isinstance(b, bool)
+
+
+def _check_value(where: str, value: Any) -> None:
+    scalar = (str, int, float, bool, type(None))
+    if not isinstance(value, scalar) and not (isinstance(value, list) and all(isinstance(v, scalar) for v in value)):
+        raise ValueError(f"{where}={value!r}: a value must be a string, number, boolean, null or list of those")
+
+
+def _check(grid: Any) -> None:
+    """A ValueError naming the first malformed part of `grid`."""
+    if not isinstance(grid, dict):
+        raise ValueError(f"a sweep grid must be a mapping with keys {list(GRID_KEYS)}, not {type(grid).__name__}")
+    unknown = [k for k in grid if k not in GRID_KEYS]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not a grid key; allowed {list(GRID_KEYS)}")
+    axes = grid.get("params")
+    if not isinstance(axes, dict) or not axes:
+        raise ValueError("params must be a non-empty mapping of dotted param -> list of values")
+    for key, values in axes.items():
+        if not isinstance(key, str) or not KEY.fullmatch(key):
+            raise ValueError(f"params.{key}: not a dotted param name like prune.layers")
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"params.{key}={values!r} must be a non-empty list of values")
+        for i, v in enumerate(values):
+            _check_value(f"params.{key}", v)
+            if any(_same(v, w) for w in values[:i]):
+                raise ValueError(f"params.{key} lists {v!r} twice")
+    exclude = grid.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(e, dict) and e for e in exclude):
+        raise ValueError("exclude must be a list of non-empty mappings of param -> value")
+    for i, e in enumerate(exclude):
+        for key, value in e.items():
+            if key not in axes:
+                raise ValueError(f"exclude[{i}].{key} is not a swept param; params has {list(axes)}")
+            if not any(_same(value, v) for v in axes[key]):
+                raise ValueError(f"exclude[{i}].{key}={value!r} is not among params.{key} {axes[key]}")
+    fixed = grid.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise ValueError("fixed must be a mapping of dotted param -> value")
+    for key, value in fixed.items():
+        if not isinstance(key, str) or not KEY.fullmatch(key):
+            raise ValueError(f"fixed.{key}: not a dotted param name like prune.layers")
+        if key in axes:
+            raise ValueError(f"fixed.{key} is also swept in params")
+        _check_value(f"fixed.{key}", value)
+
+
+def expand(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of `params` (first key slowest, last fastest) except the excluded, each with `fixed`."""
+    _check(grid)
+    axes = grid["params"]
+    combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    kept = [c for c in combos if not any(all(_same(c[k], v) for k, v in e.items()) for e in grid.get("exclude") or [])]
+    return [{**c, **(grid.get("fixed") or {})} for c in kept]
+
+
+@functools.cache
+def _parser() -> OverridesParser:
+    return OverridesParser.create()
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """Equal and of the same type, element by element for lists."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_identical, a, b))
+    return type(a) is type(b) and a == b
+
+
+def _parses_to(text: str, value: Any) -> bool:
+    """Whether DVC (Hydra's override grammar) reads `k=<text>` as exactly `value`, not a sweep."""
+    try:
+        override = _parser().parse_overrides([f"k={text}"])[0]
+    except OverrideParseException:
+        return False
+    return not override.is_sweep_override() and _identical(override.value(), value)
+
+
+def render(value: Any) -> str:
+    """`value` as the right-hand side of `dvc exp run -S key=<value>`: `2:4` stays a string, `true`/`false`,
+    `null`, numbers as written; strings DVC would read otherwise (`'4'`, `'a,b'`) are quoted."""
+    if isinstance(value, list):
+        text = "[" + ",".join(render(v) for v in value) + "]"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    else:
+        text = value if _parses_to(value, value) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if not _parses_to(text, value):
+        raise ValueError(f"{value!r} has no -S rendering that DVC reads back unchanged")
+    return text
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "T" if value else "F"
+    return "none" if value is None else str(value)
+
+
+def name(assignment: dict[str, Any], varying: Iterable[str]) -> str:
+    """A readable experiment name from the values of the `varying` params, e.g. `L2-w1_8-wikitext-b4-eoraT`;
+    only letters, digits, `_` and `-` (a valid Git ref name, as DVC requires). Where `<section>.enabled` varies
+    with other params of its section, `true` is implied and `false` reads `<section>off` in place of them all."""
+    varying = list(varying)
+    parts = []
+    for key in varying:
+        section = key.split(".")[0]
+        switch = f"{section}.enabled"
+        grouped = switch in varying and any(k != switch and k.split(".")[0] == section for k in varying)
+        if grouped and assignment[switch] is False:
+            part = f"{section}off" if key == switch else ""
+        elif grouped and key == switch:
+            part = ""
+        else:
+            part = LABELS.get(key, key.rsplit(".", 1)[-1]) + _text(assignment[key])
+        parts += [re.sub(r"[^A-Za-z0-9_]+", "_", part)] if part else []
+    return "-".join(parts)
+
+
+def experiments(grid: dict[str, Any], fallback: str) -> list[tuple[str, dict[str, Any]]]:
+    """(name, assignment) of every combination, names from the swept params with more than one value;
+    `fallback` names the one experiment of a grid that varies nothing."""
+    varying = [k for k, v in grid["params"].items() if len(v) > 1]
+    combos = expand(grid)
+    names = [name(c, varying) or fallback for c in combos]
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice:
+        raise ValueError(f"two combinations get the experiment name {twice!r}; exclude all but one "
+                         "(a disabled section's other params do not count) or make their values differ in text")
+    return list(zip(names, combos))
+
+
+def command(exp_name: str, assignment: dict[str, Any]) -> list[str]:
+    """`dvc exp run --queue --name <exp_name> -S k=v ...`."""
+    return ["dvc", "exp", "run", "--queue", "--name", exp_name,
+            *(arg for k, v in assignment.items() for arg in ("-S", f"{k}={render(v)}"))]
+
+
+def validate(assignment: dict[str, Any], defaults: dict[str, Any], label: str) -> None:
+    """`assignment` applied to the params file `defaults` passes the typed schema of every section it touches;
+    else a ValueError naming the experiment `label` and the param."""
+    merged = json.loads(json.dumps(defaults))
+    for key, value in assignment.items():
+        *path, leaf = key.split(".")
+        node = merged
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            raise ValueError(f"{label}: {key} is not a param of params.yaml")
+        node[leaf] = value
+    for section in sorted({k.split(".")[0] for k in assignment}):
+        try:
+            if section == "seed":
+                params.integer("seed", merged["seed"], 0)
+            else:
+                params.SECTIONS[section](**merged[section])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{label}: {e}") from e
+
+
+def queue(grid_path: str | Path, jobs: int = 1, run: bool = False, dry_run: bool = False,
+          params_path: str | Path = "params.yaml") -> list[list[str]]:
+    """Queue every combination of the grid as a DVC experiment (checked against the params schema first) and,
+    with `run`, start `dvc queue start -j <jobs>`. With `dry_run` nothing is submitted. Returns the commands."""
+    exps = experiments(params.read(grid_path), Path(grid_path).stem)
+    defaults = params.read(params_path)
+    for exp_name, assignment in exps:
+        validate(assignment, defaults, exp_name)
+    cmds = [command(n, a) for n, a in exps] + ([["dvc", "queue", "start", "-j", str(jobs)]] if run else [])
+    for cmd in cmds:
+        print(shlex.join(cmd), flush=True)
+        if not dry_run:
+            subprocess.run(cmd, check=True)
+    return cmds
+
+
+# --- frontier -------------------------------------------------------------------------------------------------
+
+def _run(cmd: list[str]) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+def _finished(show: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Baseline commits and their experiments from `dvc exp show --json` that ran to the end (metrics of the
+    final checkpoint present), as ExpState dicts; the workspace, queued, running and failed ones are left out."""
+    states = []
+    for baseline in show:
+        if baseline["rev"] != "workspace":
+            states.append(baseline)
+        for exp_range in baseline.get("experiments") or []:
+            executor = exp_range.get("executor")
+            if executor is None or executor["state"] == "success":
+                states += exp_range["revs"]
+    return [s for s in states if "data" in (((s.get("data") or {}).get("metrics") or {}).get(FINAL) or {})]
+
+
+def _committed(rev: str, path: str) -> dict[str, Any]:
+    """A metrics file as committed in `rev`, whole: DVC's own view of metrics drops lists (the 95% intervals)."""
+    try:
+        return json.loads(_run(["git", "show", f"{rev}:{path}"]))
+    except subprocess.CalledProcessError:
+        return {}
+
+
+def collect() -> pd.DataFrame:
+    """One row per finished experiment: `experiment`, the params that differ between experiments, `disk_bytes` and
+    its ratio to base, `decode_vs_base` (the final checkpoint's decode speed against base) and every quality
+    metric of the final checkpoint (`ppl_<text>`, `qa_exact_match`, `qa_match`, `<task>_acc`, `<task>_acc_norm`)
+    with `_lo` / `_hi` 95% bounds; experiments whose final metrics lack the evaluate layout are left out."""
+    rows, settings = [], []
+    for state in _finished(json.loads(_run(["dvc", "exp", "show", "--json"]))):
+        final, base = _committed(state["rev"], FINAL), _committed(state["rev"], BASE)
+        if not {"perplexity", "qa", "size"} <= final.keys():
+            continue
+        speed = _committed(state["rev"], BENCHMARK).get("checkpoints", {}).get("eora", {})
+        disk, base_disk = final["size"]["disk_bytes"], base.get("size", {}).get("disk_bytes")
+        row: dict[str, Any] = {"experiment": state["name"] or state["rev"][:7], "rev": state["rev"][:7],
+                               "disk_bytes": disk, SIZE: disk / base_disk if base_disk else float("nan"),
+                               "decode_vs_base": speed.get("decode_vs_base", float("nan"))}
+        for key, (value, (lo, hi)) in quality(final).items():
+            row |= {key: value, f"{key}_lo": lo, f"{key}_hi": hi}
+        rows.append(row)
+        settings.append(_flatten(state["data"]["params"].get("params.yaml", {}).get("data", {})))
+    if not rows:
+        return pd.DataFrame()
+    df, p = pd.DataFrame(rows), pd.DataFrame(settings)
+    differing = [c for c in p.columns if p[c].astype(str).nunique(dropna=False) > 1]
+    return pd.concat([df[["experiment"]], p[differing], df.drop(columns="experiment")], axis=1)
+
+
+def quality_columns(df: pd.DataFrame) -> dict[str, str]:
+    """Quality metric columns (those with `_lo` / `_hi` bounds) -> "min" for perplexity, else "max"."""
+    return {c: "min" if c.startswith("ppl_") else "max" for c in df.columns
+            if f"{c}_lo" in df.columns and f"{c}_hi" in df.columns}
+
+
+def pareto(df: pd.DataFrame, size_col: str, quality_cols: dict[str, str]) -> pd.Series:
+    """True for rows no other row beats: smaller-or-equal size and better-or-equal on every quality column,
+    strictly better on one (ties are all kept)."""
+    bad = {d for d in quality_cols.values() if d not in ("min", "max")}
+    if bad:
+        raise ValueError(f"quality directions must be 'min' or 'max', not {sorted(bad)}")
+    cost = pd.concat([df[size_col], *(df[c] if d == "min" else -df[c] for c, d in quality_cols.items())],
+                     axis=1).to_numpy(dtype=float)  # lower is better in every column
+    le = (cost[:, None, :] <= cost[None, :, :]).all(axis=2)  # le[j, i]: row j at least as good as row i
+    lt = (cost[:, None, :] < cost[None, :, :]).any(axis=2)
+    return pd.Series(~(le & lt).any(axis=0), index=df.index, name="pareto")
+
+
+def recommend(df: pd.DataFrame, budget_ratio: float, primary: str | None = None) -> pd.Series | None:
+    """The row best on `primary` (default: the first quality column, a perplexity) among those whose size
+    ratio to base is at most `budget_ratio`; None when none fits."""
+    directions = quality_columns(df)
+    primary = primary or next(iter(directions))
+    fits = df[df[SIZE] <= budget_ratio].dropna(subset=[primary])
+    if fits.empty:
+        return None
+    return fits.loc[fits[primary].idxmin() if directions[primary] == "min" else fits[primary].idxmax()]
+
+
+def markdown(df: pd.DataFrame, budget_ratio: float, best: pd.Series | None) -> str:
+    """The Pareto recipes smallest first (value [95% interval]) and the recommendation under the budget."""
+    keys = list(quality_columns(df))
+    settings = [c for c in df.columns if "." in c]
+    lines = ["| experiment | " + " | ".join([*settings, "disk vs base", "decode vs base", *keys]) + " |",
+             "|" + " --- |" * (len(settings) + len(keys) + 3)]
+    for _, r in df[df["pareto"]].sort_values(SIZE).iterrows():
+        cells = [*(str(r[c]) for c in settings), f"{r[SIZE]:.3f}", f"{r['decode_vs_base']:.2f}",
+                 *(f"{r[k]:.4g} [{r[f'{k}_lo']:.4g}, {r[f'{k}_hi']:.4g}]" for k in keys)]
+        lines.append(f"| {r['experiment']} | " + " | ".join(cells) + " |")
+    primary = keys[0] if keys else "-"
+    verdict = (f"**{best['experiment']}** ({primary} {best[primary]:.4g}, {best[SIZE]:.3f} of base on disk)"
+               if best is not None else "none: no finished experiment fits")
+    return "\n".join([f"Pareto frontier: {int(df['pareto'].sum())} of {len(df)} experiments are beaten by no other "
+                      "(no smaller-or-equal recipe at least as good on every quality metric).", "", *lines, "",
+                      f"Recommendation for a budget of {budget_ratio:g} x base disk size, best on `{primary}`: "
+                      f"{verdict}."]) + "\n"
+
+
+def plot(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """`size_vs_<metric>.png` per quality metric: every experiment with its 95% interval against its disk ratio
+    to base, and that metric's Pareto front as a line through its labelled recipes."""
+    written = []
+    for key, direction in quality_columns(df).items():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        y, lo, hi = df[key], df[f"{key}_lo"], df[f"{key}_hi"]
+        ax.errorbar(df[SIZE], y, yerr=[y - lo, hi - y], fmt="o", capsize=3, alpha=0.6, label="experiment")
+        front = df[pareto(df, SIZE, {key: direction})].sort_values(SIZE)
+        ax.plot(front[SIZE], front[key], "-", color="C3", drawstyle="steps-post", label="Pareto front")
+        for _, r in front.iterrows():
+            ax.annotate(r["experiment"], (r[SIZE], r[key]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        if direction == "min":
+            ax.set_yscale("log")
+        ax.set_xlabel("disk size / base")
+        ax.set_ylabel(f"{key} (95% interval)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        path = Path(out_dir) / f"size_vs_{key}.png"
+        _save(fig, path)
+        written.append(path)
+    return written
+
+
+def frontier(out: str | Path, budget_ratio: float) -> pd.DataFrame:
+    """Collect the experiments, mark the Pareto frontier, write `<out>` (CSV), `<out>.md` and the plots under
+    `<out dir>/plots/frontier`."""
+    df = collect()
+    if df.empty:
+        raise SystemExit("no finished experiment with final-checkpoint metrics in `dvc exp show`")
+    df["pareto"] = pareto(df, SIZE, quality_columns(df))
+    out = Path(out)
+    with atomic_file(out) as f:
+        df.to_csv(f, index=False, float_format="%.6g")
+    with atomic_file(out.with_suffix(".md")) as f:
+        f.write(markdown(df, budget_ratio, recommend(df, budget_ratio)))
+    plot(df, out.parent / "plots" / "frontier")
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("queue", help="queue a grid's experiments in DVC's queue")
+    q.add_argument("grid", help="sweep file, e.g. sweeps/thesis.yaml")
+    q.add_argument("-j", "--jobs", type=int, default=1, help="queue workers for --start (1 on a 2-core CPU)")
+    q.add_argument("--start", action="store_true", help="then run `dvc queue start -j JOBS`")
+    q.add_argument("--dry-run", action="store_true", help="print the commands only")
+    f = sub.add_parser("frontier", help="size-quality frontier of the finished experiments")
+    f.add_argument("--out", default="metrics/frontier.csv", help="CSV to write; the summary goes beside it as .md")
+    f.add_argument("--budget", type=float, default=0.5, help="disk size budget as a ratio to base")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "queue":
+            queue(args.grid, args.jobs, args.start, args.dry_run)
+        else:
+            df = frontier(args.out, args.budget)
+            print(Path(args.out).with_suffix(".md").read_text(encoding="utf-8"), end="")
+            print(f"{len(df)} experiments -> {args.out}", file=sys.stderr)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Recipe sweeps without running DVC: grid expansion and `-S` rendering, experiment names, queueing commands,
+the Pareto frontier and recommendation, and collection from a canned `dvc exp show --json` (DVC 3.x layout)."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from llmshrink import params, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = {"params": {"prune.layers": [0, 2], "wanda.pattern": ["1:8", "2:4", "unstructured:0.5"],
+                   "eora.enabled": [True, False]}}
+
+
+# --- grid -----------------------------------------------------------------------------------------------------
+
+def test_product_in_order_first_key_slowest() -> None:
+    combos = sweep.expand(GRID)
+    assert len(combos) == 2 * 3 * 2
+    assert combos[0] == {"prune.layers": 0, "wanda.pattern": "1:8", "eora.enabled": True}
+    assert combos[1] == {"prune.layers": 0, "wanda.pattern": "1:8", "eora.enabled": False}
+    assert combos[2]["wanda.pattern"] == "2:4" and combos[6]["prune.layers"] == 2
+    assert combos == sweep.expand(GRID)
+
+
+def test_exclusions_drop_combinations_matching_every_key_and_fixed_applies_to_all() -> None:
+    grid = {**GRID, "exclude": [{"prune.layers": 0, "wanda.pattern": "2:4"}, {"eora.enabled": False}],
+            "fixed": {"gptq.bits": 8, "lora.dataset": "triviaqa"}}
+    combos = sweep.expand(grid)
+    assert len(combos) == 2 * 3 - 1
+    assert all(c["eora.enabled"] is True and c["gptq.bits"] == 8 and c["lora.dataset"] == "triviaqa" for c in combos)
+    assert {"prune.layers": 0, "wanda.pattern": "2:4"}.items() not in [c.items() for c in combos]
+    assert any(c["prune.layers"] == 2 and c["wanda.pattern"] == "2:4" for c in combos)
+
+
+def test_exclusion_is_type_strict_true_is_not_one() -> None:
+    grid = {"params": {"prune.layers": [0, 1], "eora.enabled": [True, False]}, "exclude": [{"eora.enabled": True}]}
+    assert [c["eora.enabled"] for c in sweep.expand(grid)] == [False, False]
+
+
+def test_shipped_grids() -> None:
+    thesis, cpu = (sweep.expand(params.read(ROOT / "sweeps" / f"{n}.yaml")) for n in ("thesis", "cpu"))
+    assert len(thesis) == 3 * (1 + 4) * 2 * 2 * 2 == 120
+    assert not any(c["wanda.enabled"] is False and c["wanda.pattern"] != "1:8" for c in thesis)
+    assert len(cpu) == 12 and all(c["gptq.bits"] == 4 for c in cpu)
+    defaults = params.read(ROOT / "params.yaml")
+    for exp_name, assignment in sweep.experiments(params.read(ROOT / "sweeps" / "thesis.yaml"), "thesis"):
+        sweep.validate(assignment, defaults, exp_name)
+
+
+@pytest.mark.parametrize("grid, key", [
+    ([1, 2], "mapping"),
+    ({"params": {"prune.layers": [1]}, "excludes": []}, "'excludes'"),
+    ({"params": {}}, "params"),
+    ({"params": {"prune.layers": 2}}, "params.prune.layers"),
+    ({"params": {"prune.layers": []}}, "params.prune.layers"),
+    ({"params": {"prune.layers": [2, 2]}}, "params.prune.layers lists 2 twice"),
+    ({"params": {"lora.targets": [{"a": 1}]}}, "params.lora.targets"),
+    ({"params": {"prune.layers": [1], "gptq.bits": [4]}, "exclude": [{"gptq.bit": 4}]}, "exclude[0].gptq.bit"),
+    ({"params": {"gptq.bits": [4, 8]}, "exclude": [{"gptq.bits": 3}]}, "exclude[0].gptq.bits=3"),
+    ({"params": {"gptq.bits": [4]}, "exclude": {"gptq.bits": 4}}, "exclude"),
+    ({"params": {"gptq.bits": [4]}, "fixed": {"gptq.bits": 8}}, "fixed.gptq.bits"),
+    ({"params": {"gptq.bits": [4]}, "fixed": ["gptq.bits"]}, "fixed"),
+])
+def test_malformed_grid_names_the_key(grid: Any, key: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(key)):
+        sweep.expand(grid)
+
+
+@pytest.mark.parametrize("value, text", [
+    ("2:4", "2:4"), ("unstructured:0.5", "unstructured:0.5"), ("wikitext", "wikitext"), (True, "true"),
+    (False, "false"), (None, "null"), (4, "4"), (0.5, "0.5"), ("4", "'4'"), ("true", "'true'"), ("a,b", "'a,b'"),
+    (["q_proj", "k_proj"], "[q_proj,k_proj]"), ([], "[]"),
+])
+def test_values_render_as_dvc_set_param(value: Any, text: str) -> None:
+    assert sweep.render(value) == text
+
+
+def test_grid_file_reads_as_yaml_1_2(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("params:\n  wanda.pattern: [2:4, 1:8]\n  eora.enabled: [true, false]\n  eval.limit: [null]\n")
+    first = sweep.expand(params.read(path))[0]
+    assert first == {"wanda.pattern": "2:4", "eora.enabled": True, "eval.limit": None}
+    assert sweep.command("x", first) == ["dvc", "exp", "run", "--queue", "--name", "x", "-S", "wanda.pattern=2:4",
+                                         "-S", "eora.enabled=true", "-S", "eval.limit=null"]
+
+
+# --- names and queueing ---------------------------------------------------------------------------------------
+
+def test_names_readable_valid_git_refs_and_unique() -> None:
+    exps = sweep.experiments(params.read(ROOT / "sweeps" / "thesis.yaml"), "thesis")
+    names = [n for n, _ in exps]
+    assert "L2-w1_8-wikitext-b4-eoraT" in names and "L4-wandaoff-triviaqa-b8-eoraF" in names
+    assert "L0-wunstructured_0_5-wikitext-b4-eoraT" in names
+    assert len(set(names)) == len(names) == 120
+    assert all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", n) for n in names)
+    for n in names[:5]:  # DVC's rule: a valid Git ref under refs/exps/<baseline>/
+        assert subprocess.run(["git", "check-ref-format", f"refs/exps/ab/cdef/{n}"]).returncode == 0
+
+
+def test_colliding_names_and_nothing_varied() -> None:
+    grid = {"params": {"prune.layers": [0], "wanda.enabled": [True, False], "wanda.pattern": ["1:8", "2:4"]}}
+    with pytest.raises(ValueError, match="'wandaoff'"):  # WANDA off ignores the pattern: exclude all but one
+        sweep.experiments(grid, "g")
+    assert sweep.experiments({"params": {"prune.layers": [3]}}, "single") == [("single", {"prune.layers": 3})]
+
+
+def test_validate_against_the_params_schema() -> None:
+    defaults = params.read(ROOT / "params.yaml")
+    sweep.validate({"wanda.pattern": "2:4", "gptq.bits": 8}, defaults, "ok")
+    with pytest.raises(ValueError, match=r"bad: wanda.pattern='3:2'"):
+        sweep.validate({"wanda.pattern": "3:2"}, defaults, "bad")
+    with pytest.raises(ValueError, match="typo: prune.layer is not a param"):
+        sweep.validate({"prune.layer": 2}, defaults, "typo")
+
+
+def test_queue_submits_to_dvcs_queue_then_starts_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text("params:\n  prune.layers: [0, 2]\nfixed:\n  wanda.pattern: 2:4\n")
+    ran: list[list[str]] = []
+    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, check: ran.append(cmd))
+    assert sweep.queue(grid, jobs=2, run=False, dry_run=True, params_path=ROOT / "params.yaml") and not ran
+    sweep.queue(grid, jobs=2, run=True, params_path=ROOT / "params.yaml")
+    assert ran == [["dvc", "exp", "run", "--queue", "--name", "L0", "-S", "prune.layers=0", "-S", "wanda.pattern=2:4"],
+                   ["dvc", "exp", "run", "--queue", "--name", "L2", "-S", "prune.layers=2", "-S", "wanda.pattern=2:4"],
+                   ["dvc", "queue", "start", "-j", "2"]]
+
+
+def test_cli_dry_run_prints_commands(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    sweep.main(["queue", "sweeps/cpu.yaml", "--dry-run", "--start", "-j", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 13 and lines[-1] == "dvc queue start -j 1"
+    assert lines[0].startswith("dvc exp run --queue --name L0-w1_8-eoraT -S prune.layers=0 -S wanda.enabled=true")
+
+
+# --- frontier -------------------------------------------------------------------------------------------------
+
+ROWS = pd.DataFrame({
+    "experiment": ["a", "a_tie", "dominated", "smallest", "best_ppl", "worse_acc"],
+    "disk_bytes_vs_base": [0.5, 0.5, 0.6, 0.3, 0.9, 0.5],
+    "ppl_news": [10.0, 10.0, 12.0, 20.0, 9.0, 10.0],
+    "qa_acc": [0.5, 0.5, 0.4, 0.3, 0.5, 0.45],
+})
+for _col in ("ppl_news", "qa_acc"):
+    ROWS[f"{_col}_lo"], ROWS[f"{_col}_hi"] = ROWS[_col] * 0.9, ROWS[_col] * 1.1
+
+
+def test_pareto_keeps_ties_and_drops_dominated() -> None:
+    front = sweep.pareto(ROWS, "disk_bytes_vs_base", {"ppl_news": "min", "qa_acc": "max"})
+    assert front.tolist() == [True, True, False, True, True, False]
+    # on accuracy alone the smaller equally accurate row beats best_ppl
+    assert not sweep.pareto(ROWS, "disk_bytes_vs_base", {"qa_acc": "max"})[4]
+    with pytest.raises(ValueError, match="'lower'"):
+        sweep.pareto(ROWS, "disk_bytes_vs_base", {"qa_acc": "lower"})
+
+
+def test_quality_columns_and_recommendation_under_budget() -> None:
+    assert sweep.quality_columns(ROWS) == {"ppl_news": "min", "qa_acc": "max"}
+    assert sweep.recommend(ROWS, 0.55)["experiment"] == "a"  # first of the tie
+    assert sweep.recommend(ROWS, 1.0)["experiment"] == "best_ppl"
+    assert sweep.recommend(ROWS, 0.4)["experiment"] == "smallest"
+    assert sweep.recommend(ROWS, 0.65, primary="qa_acc")["experiment"] == "a"
+    assert sweep.recommend(ROWS, 0.2) is None
+
+
+def evaluation(disk: int, ppl: float, acc: float) -> dict[str, Any]:
+    """metrics/eval/<checkpoint>.json in the layout of llmshrink/evaluate.py."""
+    return {"size": {"params": 100, "params_nonzero": 90, "disk_bytes": disk, "weight_bytes_fp16": 200},
+            "perplexity": {"news": {"ppl": ppl, "ci95": [ppl - 1, ppl + 1], "tokens": 1000, "windows": 2,
+                                    "seq_len": 512, "domain": "out", "dataset": "news", "protocol": "standard"}},
+            "qa": {"exact_match": acc, "match": acc + 0.1, "n": 200, "ci95": [acc - 0.05, acc + 0.05],
+                   "match_ci95": [acc + 0.05, acc + 0.15]},
+            "choice": {"arc_easy": {"acc": acc, "acc_norm": acc, "ci95": [acc - 0.1, acc + 0.1],
+                                    "acc_norm_ci95": [acc - 0.1, acc + 0.1], "n": 200, "chance": 0.25}}}
+
+
+def numeric(tree: Any) -> Any:
+    """What DVC keeps of a metrics file: numbers and strings; lists (the intervals) are dropped."""
+    if isinstance(tree, dict):
+        kept = {k: numeric(v) for k, v in tree.items()}
+        return {k: v for k, v in kept.items() if v not in (None, {})}
+    return tree if isinstance(tree, (int, float, str)) else None
+
+
+def exp_state(rev: str, name: str | None, layers: int, pattern: str, files: dict[str, Any] | None) -> dict[str, Any]:
+    """One ExpState of `dvc exp show --json` (dvc/repo/experiments/serialize.py)."""
+    metrics = {path: {"data": numeric(data)} for path, data in (files or {}).items()} or {
+        sweep.FINAL: {"error": {"type": "FileNotFoundError", "msg": "[Errno 2] No such file or directory"}}}
+    return {"rev": rev, "name": name, "error": None, "experiments": None,
+            "data": {"rev": rev, "timestamp": "2025-01-01T00:00:00",
+                     "params": {"params.yaml": {"data": {"seed": 0, "prune": {"layers": layers, "samples": 8},
+                                                         "wanda": {"pattern": pattern, "modules": ["q_proj"]}}}},
+                     "metrics": metrics, "deps": {}, "outs": {}, "meta": {}}}
+
+
+def exp_range(state: dict[str, Any], executor: str | None) -> dict[str, Any]:
+    local = {"root": None, "log": None, "pid": None, "returncode": None, "task_id": state["rev"]}
+    return {"revs": [state], "name": state["name"],
+            "executor": executor and {"state": executor, "name": "dvc-task", "local": local}}
+
+
+def files(disk: int, ppl: float, acc: float, decode: float) -> dict[str, Any]:
+    return {sweep.FINAL: evaluation(disk, ppl, acc), sweep.BASE: evaluation(1000, 10.0, 0.5),
+            sweep.BENCHMARK: {"machine": {"device": "cpu"},
+                              "checkpoints": {"base": {"decode_vs_base": 1.0}, "eora": {"decode_vs_base": decode}}}}
+
+
+COMMITTED = {"b" * 40: files(1000, 10.0, 0.5, 1.0), "1" * 40: files(300, 14.0, 0.3, 1.8),
+             "2" * 40: files(500, 12.0, 0.45, 1.4), "3" * 40: files(600, 13.0, 0.4, 1.3)}
+
+
+@pytest.fixture
+def dvc_exp_show(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """A canned `dvc exp show --json` (workspace, baseline `main` with four experiments: three finished, one
+    queued, one failed) and `git show <rev>:<path>` of the committed metrics files."""
+    finished = [exp_state(rev, f"L{layers}-{pattern.replace(':', '_')}", layers, pattern, COMMITTED[rev])
+                for rev, layers, pattern in (("1" * 40, 4, "2:4"), ("2" * 40, 2, "2:4"), ("3" * 40, 2, "1:8"))]
+    baseline = exp_state("b" * 40, "main", 2, "1:8", COMMITTED["b" * 40])
+    baseline["experiments"] = [exp_range(finished[0], None), exp_range(finished[1], "success"),
+                               exp_range(finished[2], None),
+                               exp_range(exp_state("4" * 40, "L0-queued", 0, "1:8", None), "queued"),
+                               exp_range(exp_state("5" * 40, "L6-failed", 6, "1:8", None), "failed")]
+    show = [{**exp_state("workspace", None, 2, "1:8", COMMITTED["b" * 40]), "name": None}, baseline]
+
+    def run(cmd: list[str], check: bool, capture_output: bool, text: bool) -> subprocess.CompletedProcess:
+        if cmd == ["dvc", "exp", "show", "--json"]:
+            return subprocess.CompletedProcess(cmd, 0, json.dumps(show), "")
+        assert cmd[:2] == ["git", "show"]
+        rev, path = cmd[2].split(":", 1)
+        if path not in COMMITTED.get(rev, {}):
+            raise subprocess.CalledProcessError(128, cmd)
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(COMMITTED[rev][path]), "")
+
+    monkeypatch.setattr(sweep.subprocess, "run", run)
+    return show
+
+
+def test_collect_one_row_per_finished_experiment(dvc_exp_show: list[dict[str, Any]]) -> None:
+    df = sweep.collect().set_index("experiment")
+    assert list(df.index) == ["main", "L4-2_4", "L2-2_4", "L2-1_8"]  # no workspace, queued or failed
+    assert [c for c in df.columns if "." in c] == ["prune.layers", "wanda.pattern"]  # only params that differ
+    assert df.loc["L4-2_4", "disk_bytes"] == 300 and df.loc["L4-2_4", "disk_bytes_vs_base"] == pytest.approx(0.3)
+    assert df.loc["L4-2_4", "decode_vs_base"] == pytest.approx(1.8) and df.loc["L4-2_4", "rev"] == "1111111"
+    assert (df.loc["L2-2_4", ["ppl_news", "ppl_news_lo", "ppl_news_hi"]] == [12.0, 11.0, 13.0]).all()
+    assert df.loc["L2-2_4", ["qa_match", "qa_match_lo", "qa_match_hi"]].tolist() == pytest.approx([0.55, 0.5, 0.6])
+    assert df.loc["L2-1_8", "arc_easy_acc_norm_hi"] == pytest.approx(0.5)
+    assert sweep.quality_columns(df) == {"ppl_news": "min", "qa_exact_match": "max", "qa_match": "max",
+                                         "arc_easy_acc": "max", "arc_easy_acc_norm": "max"}
+
+
+def test_frontier_writes_csv_summary_and_plots(dvc_exp_show: list[dict[str, Any]], tmp_path: Path) -> None:
+    out = tmp_path / "metrics" / "frontier.csv"
+    sweep.frontier(out, 0.55)
+    df = pd.read_csv(out).set_index("experiment")
+    assert df["pareto"].to_dict() == {"main": True, "L4-2_4": True, "L2-2_4": True, "L2-1_8": False}
+    md = out.with_suffix(".md").read_text()
+    assert "**L2-2_4**" in md and "L2-1_8" not in md
+    plots = sorted(p.name for p in (tmp_path / "metrics" / "plots" / "frontier").iterdir())
+    assert plots == [f"size_vs_{k}.png" for k in sorted(sweep.quality_columns(df))]
