@@ -22,9 +22,14 @@ def with_(**changes) -> params.Data:
 
 
 def check_files(out: Path, min_qa: int) -> list[dict]:
-    """Assert the five files exist in the promised format; return the QA records."""
-    for name in ("calibration.txt", "finetune.txt", "perplexity.txt"):
+    """Assert the files exist in the promised format; return the QA records."""
+    for name in ("calibration.txt", "finetune.txt"):
         assert len((out / name).read_text(encoding="utf-8")) > 10_000, name
+    texts = json.loads((out / "perplexity.json").read_text(encoding="utf-8"))
+    assert sorted(t["domain"] for t in texts.values()) == ["in", "out"]
+    assert all(len(t["text"]) > 50_000 and t["dataset"] for t in texts.values())
+    tasks = json.loads((out / "choice.json").read_text(encoding="utf-8"))
+    assert tasks["qa"]["items"] and all(0 <= i["gold"] < len(i["choices"]) for t in tasks.values() for i in t["items"])
     qa = read_qa(out / "qa.jsonl")
     assert len(qa) >= min_qa
     for r in qa + read_qa(out / "qa_train.jsonl"):
@@ -44,7 +49,10 @@ def test_embedded_source(tmp_path: Path) -> None:
     assert sum(any(a.lower() in r["context"].lower() for a in r["aliases"]) for r in qa) == len(qa)
     train_questions = {r["question"] for r in read_qa(tmp_path / "a" / "qa_train.jsonl")}
     assert not train_questions & {r["question"] for r in qa}
-    held = (tmp_path / "a" / "perplexity.txt").read_text()
+    texts = json.loads((tmp_path / "a" / "perplexity.json").read_text())
+    held = texts["pydoc"]["text"]
+    assert texts["pydoc"]["domain"] == "in" and texts["news"]["domain"] == "out"
+    assert "bushfire" in texts["news"]["text"] and "bushfire" not in held  # ABC news, not Python documentation
     for name in ("calibration.txt", "finetune.txt"):
         paragraphs = [p for p in (tmp_path / "a" / name).read_text().split("\n\n") if len(p) > 200]
         assert paragraphs and not any(p in held for p in paragraphs)
@@ -58,12 +66,17 @@ def test_local_source(tmp_path: Path, shared_data: Path) -> None:
     p = with_(source="local", local={
         "wikitext_test": str(shared_data / "wikitext2" / "test_rows.json"),
         "wikitext_valid": str(shared_data / "wikitext2" / "valid_tokens.txt"),
-        "triviaqa": str(shared_data / "triviaqa" / "validation.jsonl")})
+        "triviaqa": str(shared_data / "triviaqa" / "validation.jsonl"),
+        "shakespeare": str(shared_data / "text" / "tinyshakespeare.txt")},
+        choice_files={"piqa": str(shared_data / "zeroshot" / "piqa.jsonl")}, choice_items=50)
     data.prepare(p, SEED).write(tmp_path)
     qa = check_files(tmp_path, min_qa=PARAMS.qa_eval)
     assert all(r["context"] is None for r in qa)
     rows = json.loads((shared_data / "wikitext2" / "test_rows.json").read_text())
-    assert (tmp_path / "perplexity.txt").read_text() == "\n\n".join(rows)
+    texts = json.loads((tmp_path / "perplexity.json").read_text())
+    assert texts["wikitext2"]["text"] == "\n\n".join(rows) and texts["shakespeare"]["domain"] == "out"
+    tasks = json.loads((tmp_path / "choice.json").read_text())
+    assert {k: len(t["items"]) for k, t in tasks.items()} == {"qa": 50, "piqa": 50}
     assert "<unk>" in (tmp_path / "calibration.txt").read_text()
 
 

@@ -105,6 +105,29 @@ def test_identity_layer_ranked_least_important(identity_model, criterion: str) -
     torch.testing.assert_close(model(text).logits, before, rtol=0, atol=0)
 
 
+def test_taylor_sums_absolute_terms_that_cancel_in_the_signed_sum() -> None:
+    """Layer 3 keeps only two MLP neurons with equal input weights and opposite output weights (attention off):
+    their terms w * dL/dw come in pairs +a, -a, so the signed sum |sum w * dL/dw| (the former formula) is ~0,
+    while Taylor+ sums |w * dL/dw| per weight and sees them."""
+    model, _ = models.tiny_model(TINY_DIMS, seed=0)
+    layer = depth.decoder_layers(model)[3]
+    with torch.no_grad():
+        layer.self_attn.o_proj.weight.zero_()
+        mlp = layer.mlp
+        mlp.down_proj.weight[:, 2:] = 0
+        mlp.down_proj.weight[:, 1] = -mlp.down_proj.weight[:, 0]
+        mlp.gate_proj.weight[1] = mlp.gate_proj.weight[0]
+        mlp.up_proj.weight[1] = mlp.up_proj.weight[0]
+    text = torch.randint(0, model.config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(0))
+    score = depth.score_layers(model, text, "taylor")[3]["score"]
+    model(text, labels=text).loss.backward()  # the same loss: mean NLL over all predicted tokens
+    weights = depth._weights(layer)
+    assert len(weights) == len(list(layer.parameters())) == 9  # 7 matrices and the 2 RMSNorm weights
+    signed = sum((w * w.grad).sum() for w in weights).abs().item()
+    assert score == pytest.approx(sum((w * w.grad).abs().sum().item() for w in weights), rel=1e-4)
+    assert score > 0 and signed < 1e-6 * score
+
+
 def test_removes_lowest_unprotected_and_records_them(pruned: Path) -> None:
     scores = json.loads((pruned / "metrics" / "layer_scores.json").read_text())
     record = json.loads((pruned / "metrics" / "depth.json").read_text())

@@ -20,7 +20,7 @@ from llmshrink.calib import tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = params.read(ROOT / "params.yaml")["eval"]
-STAGE_ARGS = ["models/tiny", "data/perplexity.txt", "data/qa.jsonl", "metrics/eval/tiny.json"]
+STAGE_ARGS = ["models/tiny", "data", "metrics/eval/tiny.json", "results/tiny.json"]
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +28,45 @@ def tiny(tiny_dir):
     return models.load(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
 
 
-def test_windows_count_every_token_once():
+def test_windows_all_tokens_count_every_token_once():
     ids = torch.arange(11)
-    chunks = perplexity.windows(ids, 4)
+    chunks = perplexity.windows(ids, 4, protocol="all_tokens")
     assert [len(c) for c in chunks] == [4, 4, 3]
     assert torch.equal(torch.cat(chunks), ids)
-    assert len(perplexity.windows(ids, 4, max_windows=2)) == 2
-    assert [len(c) for c in perplexity.windows(torch.arange(9), 4)] == [4, 4]  # a 1-token tail predicts nothing
+    assert len(perplexity.windows(ids, 4, max_windows=2, protocol="all_tokens")) == 2
+    assert [len(c) for c in perplexity.windows(torch.arange(9), 4, protocol="all_tokens")] == [4, 4]  # 1-token tail
+    assert [len(c) for c in perplexity.windows(ids, 4)] == [4, 4]  # standard: the short tail dropped
 
 
-def test_perplexity_equals_a_manual_loop(tiny, prose):
+def test_standard_protocol_matches_the_reference_evaluation(tiny_dir, tiny, prose):
+    """The GPTQ/WANDA evaluation: `tokenizer(text)` once (a tokenizer that adds a BOS, as LLaMA's do), nsamples =
+    numel // seqlen full windows, the tail dropped, NLL averaged over every predicted token."""
+    model, _ = tiny
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir, add_bos_token=True)
+    text, seq_len = prose[:3000], 64
+    testenc = tokenizer(text, return_tensors="pt").input_ids
+    nsamples = testenc.numel() // seq_len
+    reference = [testenc[:, i * seq_len : (i + 1) * seq_len] for i in range(nsamples)]
+    chunks = perplexity.windows(testenc[0], seq_len)
+    assert len(chunks) == nsamples and testenc.numel() % seq_len
+    assert all(torch.equal(c, r[0]) for c, r in zip(chunks, reference))
+    assert chunks[0][0] == tokenizer.bos_token_id and (testenc == tokenizer.bos_token_id).sum() == 1
+    out = perplexity.text_perplexity(model, tokenizer, text, seq_len=seq_len, batch_size=3)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for w in reference:
+            logp = torch.log_softmax(model(w).logits[0, :-1].double(), dim=-1)
+            nll -= logp.gather(1, w[0, 1:, None]).sum().item()
+            count += seq_len - 1
+    assert (out["protocol"], out["windows"], out["tokens"]) == ("standard", nsamples, count)
+    assert out["ppl"] == pytest.approx(math.exp(nll / count), rel=1e-4)
+    assert len(out["window_nll"]) == nsamples and sum(out["window_tokens"]) == count
+
+
+def test_all_tokens_protocol_equals_a_manual_loop(tiny, prose):
     model, tokenizer = tiny
     text = prose[:3000]
-    out = perplexity.text_perplexity(model, tokenizer, text, seq_len=64, batch_size=3, max_windows=None)
+    out = perplexity.text_perplexity(model, tokenizer, text, seq_len=64, batch_size=3, protocol="all_tokens")
     nll, count = 0.0, 0
     with torch.no_grad():
         for w in tokenize(tokenizer, text).split(64):
@@ -48,7 +74,9 @@ def test_perplexity_equals_a_manual_loop(tiny, prose):
             nll -= logp.gather(1, w[1:, None]).sum().item()
             count += len(w) - 1
     assert out["tokens"] == count and out["windows"] == math.ceil(len(tokenize(tokenizer, text)) / 64)
-    assert out["ppl"] == pytest.approx(math.exp(nll / count), rel=1e-4)
+    assert out["ppl"] == pytest.approx(math.exp(nll / count), rel=1e-4) and out["protocol"] == "all_tokens"
+    with pytest.raises(ValueError, match="protocol='rolling'"):
+        perplexity.text_perplexity(model, tokenizer, text, 64, 3, protocol="rolling")
 
 
 def test_eval_params_name_the_bad_parameter():
@@ -151,22 +179,34 @@ def test_lm_eval_wikitext_on_local_text_matches_our_loglikelihood(tiny):
 def test_evaluate_stage_end_to_end(tiny_dir, tmp_path, prose):
     shutil.copytree(tiny_dir, tmp_path / "models" / "tiny")
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "perplexity.txt").write_text(prose[:20000])
+    texts = {"prose": {"domain": "in", "dataset": "pydoc", "text": prose[:20000]},
+             "other": {"domain": "out", "dataset": "pydoc, later", "text": prose[-20000:]}}
+    (tmp_path / "data" / "perplexity.json").write_text(json.dumps(texts))
     records = [{"question": "What is the capital of France?", "answer": "Paris", "aliases": ["Paris"],
                 "context": "Paris is the capital and largest city of France."},
                {"question": "Who wrote Hamlet?", "answer": "Shakespeare", "aliases": ["Shakespeare"], "context": None}]
     (tmp_path / "data" / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    p = {"eval": {**EVAL, "seq_len": 64, "max_windows": 5, "limit": 2, "max_new_tokens": 4}}
+    items = [{"query": "Question: 2 + 2 =", "choices": ["4", "5", "22"], "gold": 0},
+             {"query": "Question: The sky is", "choices": ["blue", "green"], "gold": 0}]
+    (tmp_path / "data" / "choice.json").write_text(json.dumps({"toy": {"dataset": "toy", "items": items}}))
+    p = {"seed": 0, "eval": {**EVAL, "seq_len": 64, "max_windows": 5, "limit": 2, "max_new_tokens": 4}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), *STAGE_ARGS], cwd=tmp_path, check=True)
     m = json.loads((tmp_path / "metrics" / "eval" / "tiny.json").read_text())
-    assert m["wikitext"]["tokens"] == 5 * 63 and m["wikitext"]["ppl"] > 1
-    assert m["triviaqa"]["n"] == 2 and 0 <= m["triviaqa"]["exact_match"] <= m["triviaqa"]["match"] <= 1
-    assert m["triviaqa"]["open_n"] == 1 and 0 <= m["triviaqa"]["open_exact_match"] <= 1
+    for name, domain in (("prose", "in"), ("other", "out")):
+        t = m["perplexity"][name]
+        assert t["tokens"] == 5 * 63 and t["domain"] == domain and t["protocol"] == "standard"
+        assert t["ci95"][0] <= t["ppl"] <= t["ci95"][1]
+    assert m["qa"]["n"] == 2 and 0 <= m["qa"]["exact_match"] <= m["qa"]["match"] <= 1 and len(m["qa"]["ci95"]) == 2
+    assert m["qa"]["open_n"] == 1 and 0 <= m["qa"]["open_exact_match"] <= 1
+    toy = m["choice"]["toy"]
+    assert toy["n"] == 2 and toy["acc"] in (0, 0.5, 1) and toy["chance"] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert m["size"]["params"] >= m["size"]["params_nonzero"] > 0
     assert m["size"]["disk_bytes"] > 0 and m["size"]["weight_bytes_fp16"] == 2 * m["size"]["params"]
     assert "speed" not in m  # measured side by side by the benchmark stage
-    assert m["dtype"] in ("float32", "bfloat16")
+    per_item = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert len(per_item["perplexity"]["prose"]["nll"]) == 5 and len(per_item["choice"]["toy"]["acc"]) == 2
+    assert sum(per_item["qa"]["exact_match"]) / 2 == m["qa"]["exact_match"]
 
 
 def test_evaluate_stage_refuses_bad_params_before_writing(tiny_dir, tmp_path):

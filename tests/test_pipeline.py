@@ -70,6 +70,27 @@ def test_repro_is_up_to_date_and_idempotent(repo: Path) -> None:
     assert yaml.safe_load((repo / "models" / "depth" / "config.json").read_text())["num_hidden_layers"] == 6
 
 
+MODEL_STAGES = ["prepare_model", "prepare_data", "score_layers", "depth_prune", "width_prune", "lora", "quantize", "eora"]
+
+
+def test_fresh_clone_reproduces_every_checkpoint_byte_for_byte(repo: Path, tmp_path: Path) -> None:
+    """A fresh clone with the committed dvc.lock, no cache: the model-writing stages run from nothing and again
+    forced, and both times their lock entries (every dependency and output hash) equal the committed ones; no
+    temporary folder is left beside the outputs."""
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    committed = params_file.read(repo / "dvc.lock")["stages"]
+    for args in (["dvc", "repro", "eora"], ["dvc", "repro", "-f", "eora"]):
+        out = sh(clone, *args)
+        assert all(f"Running stage '{stage}'" in out for stage in MODEL_STAGES)
+        lock = params_file.read(clone / "dvc.lock")["stages"]
+        assert {s: lock[s] for s in MODEL_STAGES} == {s: committed[s] for s in MODEL_STAGES}
+        assert "up to date" in sh(clone, "dvc", "status", *MODEL_STAGES)
+        assert sorted(p.name for p in (clone / "models").iterdir()) == \
+            [".gitignore", "base", "depth", "eora", "gptq", "lora", "width"]
+    assert sh(clone, "git", "status", "--porcelain").strip() == ""
+
+
 def test_metrics_show_lists_every_checkpoint(repo: Path) -> None:
     out = sh(repo, "dvc", "metrics", "show")
     for name in ["base", "depth", "width", "lora", "gptq", "eora"]:

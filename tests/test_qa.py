@@ -50,9 +50,9 @@ def test_word_overlap_tier_at_80_percent():
     assert not qa.exact_match("five four three two", alias)
 
 
-def test_score_averages_over_records():
+def test_score_is_per_record():
     assert qa.score(["Paris", "Paris, of course", "Rome"], [PARIS, PARIS, LONDON]) == {
-        "exact_match": pytest.approx(1 / 3), "match": pytest.approx(2 / 3)}
+        "exact_match": [1, 0, 0], "match": [1, 1, 0]}
 
 
 def test_prompts():
@@ -102,6 +102,7 @@ def test_open_book_uses_contexts_and_limit(tiny_dir, tiny):
     out = qa.triviaqa(forced(tiny_dir, paris_id), tokenizer, records, 1, 4, limit=3)
     assert out["n"] == 3 and out["exact_match"] == pytest.approx(2 / 3)
     assert out["open_n"] == 1 and out["open_exact_match"] == 1.0
+    assert out["items"] == {"exact_match": [1, 0, 1], "match": [1, 0, 1], "open_exact_match": [1], "open_match": [1]}
 
 
 class StubLM:

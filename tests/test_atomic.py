@@ -1,0 +1,53 @@
+"""Outputs appear whole, with ordinary permissions; leftovers of a killed run and temporary work are removed."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from llmshrink.atomic import atomic_dir, atomic_file, scratch
+
+
+def test_stale_temporary_siblings_are_removed(tmp_path: Path) -> None:
+    (tmp_path / ".gptq.k3x9a1").mkdir()  # what `kill -9` during a write leaves
+    (tmp_path / ".gptq.k3x9a1" / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / ".gptq.scratch").mkdir()
+    (tmp_path / ".gptqx.keep").mkdir()  # another output's: untouched
+    with atomic_dir(tmp_path / "gptq") as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gptqx.keep", "gptq"]
+
+
+def test_failure_leaves_nothing_and_keeps_the_old_output(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "new").write_text("new")
+            raise RuntimeError("stage failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (tmp_path / "out" / "old").exists()
+
+
+def test_outputs_get_the_umask_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("x")
+        with atomic_file(tmp_path / "m.json") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_scratch_is_the_temporary_directory_and_is_removed(tmp_path: Path) -> None:
+    before = tempfile.gettempdir()
+    with pytest.raises(ValueError):
+        with scratch(tmp_path / "eora") as work:
+            assert tempfile.gettempdir() == str(work) == os.environ["TMPDIR"] and work.is_absolute()
+            tempfile.mkdtemp(prefix="gptqmodel_")  # what GPTQModel's offload does
+            raise ValueError("EoRA failed")
+    assert not work.exists() and tempfile.gettempdir() == before and list(tmp_path.iterdir()) == []
