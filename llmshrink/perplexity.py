@@ -13,11 +13,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from llmshrink.params import choice
+
 PROTOCOLS = ("standard", "all_tokens")
 
 
 def token_ids(tokenizer: Any, text: str, protocol: str = "standard") -> torch.Tensor:
     """The whole text as one 1-D tensor of token ids, with the tokenizer's special tokens under `standard`."""
+    choice("protocol", protocol, PROTOCOLS)
     ids = tokenizer(text, add_special_tokens=protocol == "standard")["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,6 +35,8 @@ def write(df: pd.DataFrame, metrics: dict[str, Any], out_dir: str | Path) -> lis
             ax.annotate(r["checkpoint"], (r["disk_mb"], r[key]), textcoords="offset points", xytext=(5, 4), fontsize=8)
         if key.startswith("ppl_"):
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("disk MB")
         ax.set_ylabel(f"{key} (95% interval)")
         ax.grid(alpha=0.3)
@@ -48,6 +51,7 @@ def explore(rows: list[dict[str, Any]], path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1))
     ax.barh([r["config"] for r in rows], [r["ppl"] for r in rows])
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.invert_yaxis()
     ax.set_xlabel("perplexity (log scale)")
     for i, r in enumerate(rows):
