@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from llmshrink import pypi
@@ -175,7 +176,7 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
         if is_quantized(path):
             return _load_quantized(Path(path), dtype, on)
         return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(on).eval()
-    except (OSError, RuntimeError, ValueError) as err:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as err:
         raise RuntimeError(f"could not load the checkpoint {path} (incomplete or corrupt? rerun the stage "
                            f"that writes it, e.g. `dvc repro -f <stage>`): {err}") from err
 

@@ -1,6 +1,7 @@
 """prepare_model: the tiny, embedded, local and hub sources, the architecture check, atomic output."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,12 @@ def test_inspection_and_passthrough(tiny_dir: Path, tmp_path: Path) -> None:
     assert all((tmp_path / "copy" / f.name).read_bytes() == f.read_bytes() for f in tiny_dir.iterdir())
     with pytest.raises(FileNotFoundError, match="nowhere is not a checkpoint folder"):
         models.load(tmp_path / "nowhere")
+
+
+def test_truncated_weights_fail_naming_the_checkpoint(tiny_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # what a killed copy leaves
+    with pytest.raises(RuntimeError, match=r"could not load the checkpoint .*broken \(incomplete or corrupt"):
+        models.load(broken)
