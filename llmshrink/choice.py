@@ -124,3 +124,19 @@ def score(model: Any, tokenizer: Any, tasks: dict[str, list[dict[str, Any]]], ba
                               limit=limit)["samples"]
     return {name: [{m: int(s[m]) for m in METRICS} for s in sorted(samples[name], key=lambda s: s["doc_id"])]
             for name in tasks}
+
+
+def score_stock(model: Any, tokenizer: Any, names: list[str], batch_size: int,
+                limit: int | None = None) -> dict[str, tuple[list[dict[str, int]], float]]:
+    """lm-eval's own multiple-choice tasks by name (BoolQ, PIQA, HellaSwag, WinoGrande, ARC, OpenBookQA: the
+    zero-shot suite of the pruning papers), their data from the Hugging Face hub: per task the per-item
+    `{"acc", "acc_norm"}` (acc_norm = acc where the task has none) and the chance level."""
+    from lm_eval.tasks import TaskManager
+
+    samples = harness.run(model, tokenizer, list(names), TaskManager(), batch_size, limit=limit)["samples"]
+    out = {}
+    for name in names:
+        ordered = sorted(samples[name], key=lambda s: s["doc_id"])
+        items = [{m: int(s.get(m, s["acc"])) for m in METRICS} for s in ordered]
+        out[name] = items, sum(1 / len(s["arguments"]) for s in ordered) / len(ordered)
+    return out

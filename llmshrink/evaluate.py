@@ -71,13 +71,17 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, path: str | Path, texts: di
                      "match_ci95": stats.mean_ci(items["qa"]["match"], seed=seed)}
     if items["qa"]["open_exact_match"]:
         metrics["qa"]["open_ci95"] = stats.mean_ci(items["qa"]["open_exact_match"], seed=seed)
-    per_item = choice.score(model, tokenizer, {k: t["items"] for k, t in tasks.items()}, p.batch_size)
+    scored = {task: (results, _chance(tasks[task]["items"]), tasks[task]["dataset"]) for task, results in
+              choice.score(model, tokenizer, {k: t["items"] for k, t in tasks.items()}, p.batch_size).items()}
+    if p.choice_tasks:
+        stock = choice.score_stock(model, tokenizer, list(p.choice_tasks), p.batch_size)
+        scored |= {task: (results, chance, f"lm-eval task {task} (hub)") for task, (results, chance) in stock.items()}
     metrics["choice"] = {}
-    for task, results in per_item.items():
+    for task, (results, chance, dataset) in scored.items():
         acc, acc_norm = [r["acc"] for r in results], [r["acc_norm"] for r in results]
         metrics["choice"][task] = {"acc": sum(acc) / len(acc), "acc_norm": sum(acc_norm) / len(acc_norm),
                                    "ci95": stats.mean_ci(acc, seed=seed), "acc_norm_ci95": stats.mean_ci(acc_norm, seed=seed),
-                                   "n": len(acc), "chance": _chance(tasks[task]["items"]), "dataset": tasks[task]["dataset"]}
+                                   "n": len(acc), "chance": chance, "dataset": dataset}
         items["choice"][task] = {"acc": acc, "acc_norm": acc_norm}
     return metrics, items
 

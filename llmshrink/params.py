@@ -289,8 +289,13 @@ class Eval:
     chat_template: bool
     dtype: str
     lm_eval: bool | str
+    choice_tasks: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.choice_tasks, (list, tuple)) or not all(isinstance(t, str) for t in self.choice_tasks):
+            raise ValueError(f"eval.choice_tasks={self.choice_tasks!r} must be a list of lm-eval task names, e.g. "
+                             "[boolq, piqa, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa]")
+        object.__setattr__(self, "choice_tasks", tuple(self.choice_tasks))
         for key, low in (("seq_len", 2), ("batch_size", 1), ("max_new_tokens", 1)):
             integer(f"eval.{key}", getattr(self, key), low)
         cap("eval.max_windows", self.max_windows)

@@ -161,3 +161,22 @@ def test_read_items_errors_name_file_and_line(tmp_path, bad, message):
     path.write_text('{"query": "Q", "choices": ["a", "b"], "gold": 0}\n\n' + bad + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=f"items.jsonl:3: {message}"):
         choice.read_items(path)
+
+
+def test_score_stock_orders_items_and_fills_acc_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lm-eval's own tasks by name (hub data, so lm-eval's run is replaced by its recorded output here): items in
+    document order, acc_norm = acc where the task has none (BoolQ), chance from the number of choices."""
+    samples = {"boolq": [{"doc_id": 1, "acc": 1.0, "arguments": [("q", " no"), ("q", " yes")]},
+                         {"doc_id": 0, "acc": 0.0, "arguments": [("q", " no"), ("q", " yes")]}],
+               "arc_easy": [{"doc_id": 0, "acc": 1.0, "acc_norm": 0.0, "arguments": [("q", c) for c in "abcd"]}]}
+    calls = []
+
+    def fake_run(model, tokenizer, tasks, task_manager, batch_size, max_length=None, limit=None):
+        calls.append(tasks)
+        return {"samples": samples}
+
+    monkeypatch.setattr(choice.harness, "run", fake_run)
+    out = choice.score_stock(None, None, ["boolq", "arc_easy"], batch_size=4)
+    assert calls == [["boolq", "arc_easy"]]
+    assert out["boolq"] == ([{"acc": 0, "acc_norm": 0}, {"acc": 1, "acc_norm": 1}], 0.5)
+    assert out["arc_easy"] == ([{"acc": 1, "acc_norm": 0}], 0.25)
