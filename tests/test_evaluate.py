@@ -81,8 +81,8 @@ def test_all_tokens_protocol_equals_a_manual_loop(tiny, prose):
 
 def test_eval_params_name_the_bad_parameter():
     e = params.Eval(**EVAL)
-    assert {k: getattr(e, k) for k in EVAL} == EVAL
-    for key, bad, named in [("dtype", "int8", "eval.dtype"), ("limit", 0, "eval.limit"),
+    assert {k: getattr(e, k) for k in EVAL} == {**EVAL, "choice_tasks": tuple(EVAL["choice_tasks"])}
+    for key, bad, named in [("dtype", "int8", "eval.dtype"), ("limit", 0, "eval.limit"), ("choice_tasks", "piqa", "eval.choice_tasks"),
                             ("seq_len", 1, "eval.seq_len"), ("lm_eval", "yes", "eval.lm_eval"),
                             ("max_windows", 2.5, "eval.max_windows"), ("batch_size", 0, "eval.batch_size")]:
         with pytest.raises(ValueError, match=re.escape(named)):

@@ -20,8 +20,8 @@ from llmshrink.perplexity import perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = params.read(ROOT / "params.yaml")
-STAGE_ARGS = ["models/base", "data/perplexity.txt", "data/qa.jsonl", "metrics/explore_layers.csv",
-              "metrics/explore_samples.json"]
+STAGE_ARGS = ["models/base", "data/perplexity.json", "data/qa.jsonl", "metrics/explore_layers.csv",
+              "metrics/explore_samples.json", "metrics/plots/explore_layers.png"]
 N = PARAMS["model"]["tiny"]["num_hidden_layers"]  # 8
 RECORDS = [{"question": "What is the capital of France?", "answer": "Paris", "aliases": ["Paris"],
             "context": "Paris is the capital and largest city of France."},
@@ -63,15 +63,15 @@ def test_orders():
 
 @pytest.mark.parametrize("spec, message", [
     ({"drop": [1]}, r"explore\.configs\.bad: unknown key\(s\) \['drop'\]"),
-    ({"skip": [N]}, rf"explore\.configs\.bad\.skip={N} is outside the model's layers \[0, {N - 1}\]"),
-    ({"skip": [-N - 1]}, r"explore\.configs\.bad\.skip=-1 is outside the model's layers"),
-    ({"skip": ["last+1"]}, rf"explore\.configs\.bad\.skip={N} is outside the model's layers"),
+    ({"skip": [N]}, rf"explore\.configs\.bad\.skip={N} is layer {N}, outside the model's layers \[0, {N - 1}\]"),
+    ({"skip": [-N - 1]}, rf"explore\.configs\.bad\.skip={-N - 1} is layer -1, outside the model's layers"),
+    ({"skip": ["last+1"]}, rf"explore\.configs\.bad\.skip='last\+1' is layer {N}, outside the model's layers"),
     ({"skip": ["middle"]}, r"explore\.configs\.bad\.skip='middle' must be a layer index or an anchor"),
     ({"skip": [1.5]}, r"explore\.configs\.bad\.skip=1\.5 must be a layer index or an anchor"),
     ({"skip": 3}, r"explore\.configs\.bad\.skip=3 must be a list"),
     ({"repeat": {3: 0}}, r"explore\.configs\.bad\.repeat\.3=0 is out of range; allowed \[1, inf\]"),
     ({"repeat": {3: 1.5}}, r"explore\.configs\.bad\.repeat\.3=1\.5 must be an integer"),
-    ({"repeat": {N + 2: 2}}, rf"explore\.configs\.bad\.repeat={N + 2} is outside the model's layers"),
+    ({"repeat": {N + 2: 2}}, rf"explore\.configs\.bad\.repeat={N + 2} is layer {N + 2}, outside the model's layers"),
     ({"repeat": {2: 2}, "skip": [2]}, r"explore\.configs\.bad\.repeat: layer\(s\) \[2\] are skipped"),
     ({"keep": "prime"}, r"explore\.configs\.bad\.keep='prime' is not allowed; choose one of \['all', 'even', 'odd'\]"),
     ({"skip": list(range(N))}, r"explore\.configs\.bad keeps no layer"),
@@ -153,7 +153,9 @@ def test_explore_scores_every_config(tiny, prose):
 def stage_dir(tmp_path: Path, tiny_dir: Path, prose: str, configs: dict) -> Path:
     shutil.copytree(tiny_dir, tmp_path / "models" / "base")
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "perplexity.txt").write_text(prose[:20000])
+    texts = {"prose": {"domain": "in", "dataset": "pydoc", "text": prose[:20000]},
+             "other": {"domain": "out", "dataset": "pydoc, later", "text": prose[-20000:]}}
+    (tmp_path / "data" / "perplexity.json").write_text(json.dumps(texts))
     (tmp_path / "data" / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     p = {"eval": {**PARAMS["eval"], "seq_len": 64, "max_windows": 2, "limit": 2, "max_new_tokens": 4},
          "explore": {**PARAMS["explore"], "sample_tokens": 6, "configs": configs}}
@@ -178,12 +180,13 @@ def test_stage_end_to_end(tiny_dir, tmp_path, prose):
     assert all(float(r["ppl"]) > 1 and 0 <= float(r["exact_match"]) <= 1 for r in rows)
     samples = json.loads((cwd / "metrics" / "explore_samples.json").read_text())
     assert samples["prompt"] == PARAMS["explore"]["sample_prompt"] and set(samples["configs"]) == {"base", "skip", "repeat"}
+    assert (cwd / "metrics" / "plots" / "explore_layers.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_stage_refuses_bad_config_before_writing(tiny_dir, tmp_path, prose):
     cwd = stage_dir(tmp_path, tiny_dir, prose, {"base": {}, "too_deep": {"skip": [8]}})
     done = run_stage(cwd)
-    assert done.returncode != 0 and "explore.configs.too_deep.skip=8 is outside the model's layers" in done.stderr
+    assert done.returncode != 0 and "explore.configs.too_deep.skip=8 is layer 8, outside the model's layers" in done.stderr
     assert not (cwd / "metrics").exists()
 
 

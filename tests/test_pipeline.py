@@ -22,6 +22,9 @@ TINY_OVERRIDES = {
     "lora": {"steps": 3, "batch_size": 2, "seq_len": 64},
     "gptq": {"group_size": 32, "samples": 4, "seq_len": 64},
     "eora": {"samples": 4, "seq_len": 64},
+    "data": {"qa_eval": 16, "choice_items": 8,  # the tiny run's multiple choice: its QA set and ARC-Easy (shared data)
+             "choice_files": {"arc_easy": str(ROOT.parent / "shared" / "data" / "zeroshot" / "arc_easy.jsonl")}
+             if (ROOT.parent / "shared" / "data").is_dir() else {}},
     "eval": {"max_windows": 2, "limit": 4, "max_new_tokens": 4},
     "benchmark": {"rounds": 1, "prompt_tokens": 16, "new_tokens": 4, "batch_sizes": [1]},
     "explore": {"max_windows": 2, "limit": 4,
