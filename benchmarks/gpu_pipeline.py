@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,24 +59,22 @@ def workspace(shape: str, assets: Path, profile: Path, path: Path) -> Path:
     else:  # an image without git: DVC without an SCM
         subprocess.run(["dvc", "config", "core.no_scm", "true"], cwd=path, check=True)
     subprocess.run(["dvc", "config", "--local", "cache.type", "hardlink,symlink"], cwd=path, check=True)
-    for s in sets:  # the same -S syntax as `dvc exp run`, applied to params.yaml
-        subprocess.run([sys.executable, "-c", SET_PARAM, s], cwd=path, check=True)
+    set_params(path / "params.yaml", sets)
     return path
 
 
-SET_PARAM = """
-import sys
-from ruamel.yaml import YAML
-key, value = sys.argv[1].split("=", 1)
-yaml = YAML()
-params = yaml.load(open("params.yaml"))
-node = params
-*parents, last = key.split(".")
-for k in parents:
-    node = node[k]
-node[last] = YAML(typ="safe", pure=True).load(value)
-yaml.dump(params, open("params.yaml", "w"))
-"""
+def set_params(path: Path, sets: list[str]) -> None:
+    """Apply `section.key=value` settings to a params file, values read as YAML 1.2 like `dvc exp run -S`."""
+    yaml = YAML()
+    params = yaml.load(path)
+    for s in sets:
+        key, value = s.split("=", 1)
+        *parents, last = key.split(".")
+        node = params
+        for k in parents:
+            node = node[k]
+        node[last] = YAML(typ="safe", pure=True).load(value)
+    yaml.dump(params, path)
 
 
 @torch.no_grad()
