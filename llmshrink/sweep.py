@@ -260,13 +260,15 @@ def _committed(rev: str, path: str) -> dict[str, Any]:
         return {}
 
 
-def collect() -> pd.DataFrame:
+def collect(revs: Iterable[str] = ()) -> pd.DataFrame:
     """One row per finished experiment: `experiment`, the params that differ between experiments, `disk_bytes` and
     its ratio to base, `decode_vs_base` (the final checkpoint's decode speed against base) and every quality
     metric of the final checkpoint (`ppl_<text>`, `qa_exact_match`, `qa_match`, `<task>_acc`, `<task>_acc_norm`)
-    with `_lo` / `_hi` 95% bounds; experiments whose final metrics lack the evaluate layout are left out."""
+    with `_lo` / `_hi` 95% bounds; experiments whose final metrics lack the evaluate layout are left out.
+    `revs`: the baseline commits whose experiments to read (`dvc exp show --rev`); none = HEAD's."""
     rows, settings = [], []
-    for state in _finished(json.loads(_run(["dvc", "exp", "show", "--json"]))):
+    show = ["dvc", "exp", "show", "--json"] + [arg for rev in revs for arg in ("--rev", rev)]
+    for state in _finished(json.loads(_run(show))):
         final, base = _committed(state["rev"], FINAL), _committed(state["rev"], BASE)
         if not {"perplexity", "qa", "size"} <= final.keys():
             continue
@@ -359,10 +361,10 @@ def plot(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def frontier(out: str | Path, budget_ratio: float) -> pd.DataFrame:
-    """Collect the experiments, mark the Pareto frontier, write `<out>` (CSV), `<out>.md` and the plots under
+def frontier(out: str | Path, budget_ratio: float, revs: Iterable[str] = ()) -> pd.DataFrame:
+    """Collect the experiments (of the baselines `revs`, default HEAD), mark the Pareto frontier, write `<out>` (CSV), `<out>.md` and the plots under
     `<out dir>/plots/frontier`."""
-    df = collect()
+    df = collect(revs)
     if df.empty:
         raise SystemExit("no finished experiment with final-checkpoint metrics in `dvc exp show`")
     df["pareto"] = pareto(df, SIZE, quality_columns(df))
@@ -386,12 +388,14 @@ def main(argv: list[str] | None = None) -> None:
     f = sub.add_parser("frontier", help="size-quality frontier of the finished experiments")
     f.add_argument("--out", default="metrics/frontier.csv", help="CSV to write; the summary goes beside it as .md")
     f.add_argument("--budget", type=float, default=0.5, help="disk size budget as a ratio to base")
+    f.add_argument("--rev", action="append", default=[], metavar="COMMIT",
+                   help="baseline commit whose experiments to read (repeatable; default HEAD)")
     args = parser.parse_args(argv)
     try:
         if args.command == "queue":
             queue(args.grid, args.jobs, args.start, args.dry_run)
         else:
-            df = frontier(args.out, args.budget)
+            df = frontier(args.out, args.budget, args.rev)
             print(Path(args.out).with_suffix(".md").read_text(encoding="utf-8"), end="")
             print(f"{len(df)} experiments -> {args.out}", file=sys.stderr)
     except ValueError as e:

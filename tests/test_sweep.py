@@ -230,7 +230,7 @@ def dvc_exp_show(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     show = [{**exp_state("workspace", None, 2, "1:8", COMMITTED["b" * 40]), "name": None}, baseline]
 
     def run(cmd: list[str], check: bool, capture_output: bool, text: bool) -> subprocess.CompletedProcess:
-        if cmd == ["dvc", "exp", "show", "--json"]:
+        if cmd[:4] == ["dvc", "exp", "show", "--json"]:
             return subprocess.CompletedProcess(cmd, 0, json.dumps(show), "")
         assert cmd[:2] == ["git", "show"]
         rev, path = cmd[2].split(":", 1)
@@ -253,6 +253,15 @@ def test_collect_one_row_per_finished_experiment(dvc_exp_show: list[dict[str, An
     assert df.loc["L2-1_8", "arc_easy_acc_norm_hi"] == pytest.approx(0.5)
     assert sweep.quality_columns(df) == {"ppl_news": "min", "qa_exact_match": "max", "qa_match": "max",
                                          "arc_easy_acc": "max", "arc_easy_acc_norm": "max"}
+
+
+def test_collect_reads_the_given_baselines(dvc_exp_show: list[dict[str, Any]],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    run = sweep._run
+    monkeypatch.setattr(sweep, "_run", lambda cmd: calls.append(cmd) or run(cmd))
+    assert len(sweep.collect(["abc1234", "main"])) == len(sweep.collect()) == 4
+    assert [c[4:] for c in calls if c[:2] == ["dvc", "exp"]] == [["--rev", "abc1234", "--rev", "main"], []]
 
 
 def test_frontier_writes_csv_summary_and_plots(dvc_exp_show: list[dict[str, Any]], tmp_path: Path) -> None:
