@@ -1,18 +1,75 @@
 """Where and in what dtype the pipeline computes: the one device and dtype policy of every stage."""
 from __future__ import annotations
 
+import fcntl
 import functools
 import math
+import os
+import shutil
+import subprocess
 import time
+from pathlib import Path
+from typing import IO
 
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GPU_LOCKS = "LLMSHRINK_GPU_LOCKS"  # env: a folder of per-GPU locks; set it to give each stage process one free GPU
+_pinned: list[IO[str]] = []  # the held lock, released when the process exits
+
+
+def gpu_count() -> int:
+    """GPUs on this host (`nvidia-smi -L`), counted without initialising CUDA in this process."""
+    if not shutil.which("nvidia-smi"):
+        return 0
+    done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(line.startswith("GPU ") for line in done.stdout.splitlines()) if done.returncode == 0 else 0
+
+
+def claim_gpu(lock_dir: str | Path, count: int, poll_s: float = 1.0) -> tuple[int, IO[str]]:
+    """The first of `count` GPUs whose lock file in `lock_dir` no other process holds, and the open lock file
+    (an exclusive `flock`, released when it is closed or the process ends, crashed or not); waits while all
+    are taken."""
+    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    while True:
+        for index in range(count):
+            handle = open(Path(lock_dir) / f"gpu{index}.lock", "w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            return index, handle
+        time.sleep(poll_s)
+
+
+def pin_free_gpu() -> int | None:
+    """With `LLMSHRINK_GPU_LOCKS` set, several GPUs and no `CUDA_VISIBLE_DEVICES`: claim a free GPU and make it
+    this process's only one, so that `dvc queue start -j <GPUs>` puts each worker's stage on its own GPU.
+    Must run before CUDA is initialised (`device()` does it first)."""
+    lock_dir = os.environ.get(GPU_LOCKS)
+    if _pinned or not lock_dir or "CUDA_VISIBLE_DEVICES" in os.environ or (count := gpu_count()) < 2:
+        return None
+    index, handle = claim_gpu(lock_dir, count)
+    _pinned.append(handle)
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    print(f"{GPU_LOCKS}: this stage runs on GPU {index} of {count}")
+    return index
 
 
 def device() -> torch.device:
-    """The GPU when there is one, else the CPU."""
+    """The GPU when there is one (a free one of several under `LLMSHRINK_GPU_LOCKS`), else the CPU."""
+    pin_free_gpu()
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_map(weight_bytes: int, on: torch.device, headroom: float = 0.8) -> str | None:
+    """"auto" (accelerate spreads the layers over the visible GPUs) when the weights exceed `headroom` of the
+    free memory of the one GPU `on` and there are several GPUs; else None (the whole model on `on`)."""
+    if on.type != "cuda" or torch.cuda.device_count() < 2:
+        return None
+    free, _ = torch.cuda.mem_get_info(on)
+    return "auto" if weight_bytes > headroom * free else None
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 1024, reps: int = 3) -> float:

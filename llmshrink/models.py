@@ -1,5 +1,5 @@
 """Checkpoints: where the base model comes from (embedded GGUF, hub, folder, tiny random), and loading, saving
-and inspecting every checkpoint the pipeline writes, dense or GPTQ (with its EoRA adapter).
+and inspecting every checkpoint the pipeline writes: dense, GPTQ (with its EoRA adapter) or one GGUF file (export).
 
 gptqmodel is imported only by `load` for quantized checkpoints: its import takes seconds and prints a banner."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from llmshrink import pypi
+from llmshrink import hardware, pypi
 from llmshrink.atomic import copy_dir
 from llmshrink.hardware import DTYPES, device
 
@@ -139,8 +139,18 @@ def dir_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+def gguf_file(path: str | Path) -> str | None:
+    """The name of the one GGUF file a checkpoint folder holds in place of config.json, tokenizer and weights
+    (the export stage's), or None."""
+    files = [f.name for f in Path(path).glob("*.gguf")]
+    return files[0] if len(files) == 1 and not (Path(path) / "config.json").is_file() else None
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
-    """A checkpoint folder's config.json, with an error naming the folder when it is not a checkpoint."""
+    """A checkpoint folder's config.json (a GGUF folder's: the config transformers derives from the file), with
+    an error naming the folder when it is not a checkpoint."""
+    if name := gguf_file(path):
+        return AutoConfig.from_pretrained(path, gguf_file=name).to_dict()
     file = Path(path) / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint folder (no config.json)")
@@ -168,17 +178,31 @@ ADAPTER_DIR = "adapter"  # a GPTQ checkpoint's EoRA adapter, inside the checkpoi
 
 def load(path: str | Path, dtype: str = "float32", on: torch.device | None = None) -> PreTrainedModel:
     """Any pipeline checkpoint as a causal LM in eval mode on `on` (default `hardware.device()`): dense ones with
-    transformers in `dtype`; GPTQ ones with GPTQModel, with the EoRA adapter of `path/adapter` when there is one
-    (`dtype` "auto" leaves GPTQModel's choice)."""
+    transformers in `dtype` (spread over several GPUs with accelerate when one cannot hold it); GPTQ ones with
+    GPTQModel, with the EoRA adapter of `path/adapter` when there is one (`dtype` "auto" leaves GPTQModel's
+    choice)."""
     on = on or device()
     read_config(path)
     try:
         if is_quantized(path):
             return _load_quantized(Path(path), dtype, on)
+        if name := gguf_file(path):  # transformers dequantizes every tensor to `dtype`
+            return AutoModelForCausalLM.from_pretrained(path, gguf_file=name, dtype=DTYPES[dtype]).to(on).eval()
+        weights = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+        weights = weights * DTYPES[dtype].itemsize // DTYPES.get(saved_dtype(path), torch.float32).itemsize
+        if spread := hardware.device_map(weights, on):  # larger than one GPU: over all visible GPUs
+            return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], device_map=spread).eval()
         return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(on).eval()
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:
         raise RuntimeError(f"could not load the checkpoint {path} (incomplete or corrupt? rerun the stage "
                            f"that writes it, e.g. `dvc repro -f <stage>`): {err}") from err
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """A checkpoint folder's tokenizer (a GGUF folder's from its file)."""
+    if name := gguf_file(path):
+        return AutoTokenizer.from_pretrained(path, gguf_file=name)
+    return AutoTokenizer.from_pretrained(path)
 
 
 GPU_KERNELS = ("gptq_triton", "gptq_torch")  # work offline; GPTQModel's automatic choice may download CUTLASS
