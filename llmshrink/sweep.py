@@ -30,7 +30,7 @@ from llmshrink.atomic import atomic_file
 from llmshrink.plots import _save
 from llmshrink.report import quality
 
-GRID_KEYS = ("params", "exclude", "fixed")
+GRID_KEYS = ("params", "exclude", "fixed", "targets")
 KEY = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*")
 # name prefix of a swept param's value; others use the last part of their dotted name
 LABELS = {"prune.layers": "L", "wanda.enabled": "wanda", "wanda.pattern": "w", "lora.dataset": "",
@@ -89,6 +89,9 @@ def _check(grid: Any) -> None:
         if key in axes:
             raise ValueError(f"fixed.{key} is also swept in params")
         _check_value(f"fixed.{key}", value)
+    targets = grid.get("targets") or []
+    if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"targets={targets!r} must be a list of dvc.yaml stage names, e.g. [evaluate@eora, benchmark]")
 
 
 def expand(grid: dict[str, Any]) -> list[dict[str, Any]]:
@@ -178,10 +181,10 @@ def experiments(grid: dict[str, Any], fallback: str) -> list[tuple[str, dict[str
     return list(zip(names, combos))
 
 
-def command(exp_name: str, assignment: dict[str, Any]) -> list[str]:
-    """`dvc exp run --queue --name <exp_name> -S k=v ...`."""
+def command(exp_name: str, assignment: dict[str, Any], targets: Iterable[str] = ()) -> list[str]:
+    """`dvc exp run --queue --name <exp_name> -S k=v ... [targets]` (no targets: the whole pipeline)."""
     return ["dvc", "exp", "run", "--queue", "--name", exp_name,
-            *(arg for k, v in assignment.items() for arg in ("-S", f"{k}={render(v)}"))]
+            *(arg for k, v in assignment.items() for arg in ("-S", f"{k}={render(v)}")), *targets]
 
 
 def validate(assignment: dict[str, Any], defaults: dict[str, Any], label: str) -> None:
@@ -210,11 +213,16 @@ def queue(grid_path: str | Path, jobs: int = 1, run: bool = False, dry_run: bool
           params_path: str | Path = "params.yaml") -> list[list[str]]:
     """Queue every combination of the grid as a DVC experiment (checked against the params schema first) and,
     with `run`, start `dvc queue start -j <jobs>`. With `dry_run` nothing is submitted. Returns the commands."""
-    exps = experiments(params.read(grid_path), Path(grid_path).stem)
+    grid = params.read(grid_path)
+    exps = experiments(grid, Path(grid_path).stem)
     defaults = params.read(params_path)
     for exp_name, assignment in exps:
         validate(assignment, defaults, exp_name)
-    cmds = [command(n, a) for n, a in exps] + ([["dvc", "queue", "start", "-j", str(jobs)]] if run else [])
+    stages = set(params.read(Path(params_path).with_name("dvc.yaml"))["stages"])
+    for target in grid.get("targets") or []:
+        if target.split("@")[0] not in stages:
+            raise ValueError(f"targets: {target!r} is not a stage of dvc.yaml; stages are {sorted(stages)}")
+    cmds = [command(n, a, grid.get("targets") or []) for n, a in exps] + ([["dvc", "queue", "start", "-j", str(jobs)]] if run else [])
     for cmd in cmds:
         print(shlex.join(cmd), flush=True)
         if not dry_run:

@@ -132,6 +132,16 @@ def test_queue_submits_to_dvcs_queue_then_starts_it(tmp_path: Path, monkeypatch:
                    ["dvc", "queue", "start", "-j", "2"]]
 
 
+def test_targets_limit_each_experiment_to_named_stages(tmp_path: Path) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text("params: {prune.layers: [0, 2]}\ntargets: [evaluate@eora, benchmark]\n")
+    cmds = sweep.queue(grid, dry_run=True, params_path=ROOT / "params.yaml")
+    assert [c[-2:] for c in cmds] == [["evaluate@eora", "benchmark"]] * 2
+    grid.write_text("params: {prune.layers: [0, 2]}\ntargets: [evaluate@nothing, benchmarks]\n")
+    with pytest.raises(ValueError, match="'benchmarks' is not a stage of dvc.yaml"):
+        sweep.queue(grid, dry_run=True, params_path=ROOT / "params.yaml")
+
+
 def test_cli_dry_run_prints_commands(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     sweep.main(["queue", "sweeps/cpu.yaml", "--dry-run", "--start", "-j", "1"])
