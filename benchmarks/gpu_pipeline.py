@@ -78,12 +78,10 @@ def set_params(path: Path, sets: list[str]) -> None:
 
 
 @torch.no_grad()
-def eval_throughput(path: Path, seq_len: int = 2048, batch: int = 16, batches: int = 8) -> dict[str, float]:
-    """Perplexity-scoring tokens/s of a checkpoint (the evaluator's own `window_nll`, bf16 on the GPU) and its share
-    of the bf16 roofline: 2 x parameters x tokens/s against the datasheet peak and against a measured matmul."""
-    dev = hardware.device()
-    dtype = hardware.resolve_dtype("auto", dev)
-    model = models.load(path, dtype, dev)
+def eval_throughput(model: torch.nn.Module, seq_len: int = 2048, batch: int = 16, batches: int = 8) -> dict[str, float]:
+    """Perplexity-scoring tokens/s of a model (the evaluator's own `window_nll`) and its share of the bf16
+    roofline: 2 x parameters x tokens/s against the datasheet peak and against a measured matmul."""
+    dev = model.device
     params = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(0)
     chunks = list(torch.randint(0, model.config.vocab_size, (batch * batches, seq_len), generator=g))
@@ -148,7 +146,8 @@ def main() -> None:
     run = {"shape": args.shape, "device": hardware.name(hardware.device()), "ok": ok,
            "total_seconds": round(sum(s["seconds"] for s in stages.values()), 1), "last_call_seconds": round(total, 1),
            "stages": stages}
-    run |= eval_throughput(ws / "models" / "base")
+    dev = hardware.device()
+    run |= eval_throughput(models.load(ws / "models" / "base", hardware.resolve_dtype("auto", dev), dev))
     if (ws / "metrics" / "benchmark.json").exists():
         bench = json.loads((ws / "metrics" / "benchmark.json").read_text())["checkpoints"]
         run["decode_tok_s_b1"] = bench["base"].get("decode_tok_s_compiled")

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from llmshrink import choice, qa, stats
+from llmshrink import choice, qa, stats, timing
 from llmshrink.models import dir_bytes
 from llmshrink.params import Eval
 from llmshrink.perplexity import text_perplexity
@@ -60,19 +60,22 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, path: str | Path, texts: di
     items: dict[str, Any] = {"perplexity": {}, "choice": {}}
     metrics["perplexity"] = {}
     for name, t in texts.items():
-        r = text_perplexity(model, tokenizer, t["text"], p.seq_len, p.batch_size, p.max_windows)
+        with timing.part(f"evaluate/perplexity/{name}"):
+            r = text_perplexity(model, tokenizer, t["text"], p.seq_len, p.batch_size, p.max_windows)
         nll, tokens = r.pop("window_nll"), r.pop("window_tokens")
         metrics["perplexity"][name] = {**r, "ci95": stats.ppl_ci(nll, tokens, seed=seed), "domain": t["domain"],
                                        "dataset": t["dataset"]}
         items["perplexity"][name] = {"nll": nll, "tokens": tokens}
-    trivia = qa.triviaqa(model, tokenizer, records, p.max_new_tokens, p.batch_size, p.chat_template, p.limit)
+    with timing.part("evaluate/qa"):
+        trivia = qa.triviaqa(model, tokenizer, records, p.max_new_tokens, p.batch_size, p.chat_template, p.limit)
     items["qa"] = trivia.pop("items")
     metrics["qa"] = {**trivia, "ci95": stats.mean_ci(items["qa"]["exact_match"], seed=seed),
                      "match_ci95": stats.mean_ci(items["qa"]["match"], seed=seed)}
     if items["qa"]["open_exact_match"]:
         metrics["qa"]["open_ci95"] = stats.mean_ci(items["qa"]["open_exact_match"], seed=seed)
-    scored = {task: (results, _chance(tasks[task]["items"]), tasks[task]["dataset"]) for task, results in
-              choice.score(model, tokenizer, {k: t["items"] for k, t in tasks.items()}, p.batch_size).items()}
+    with timing.part("evaluate/choice"):
+        scored = {task: (results, _chance(tasks[task]["items"]), tasks[task]["dataset"]) for task, results in
+                  choice.score(model, tokenizer, {k: t["items"] for k, t in tasks.items()}, p.batch_size).items()}
     if p.choice_tasks:
         stock = choice.score_stock(model, tokenizer, list(p.choice_tasks), p.batch_size)
         scored |= {task: (results, chance, f"lm-eval task {task} (hub)") for task, (results, chance) in stock.items()}

@@ -14,6 +14,22 @@ import torch
 from llmshrink import hardware
 
 
+def _record(record: dict) -> None:
+    if path := os.environ.get("LLMSHRINK_TIMINGS"):
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+@contextmanager
+def part(name: str) -> Iterator[None]:
+    """Time the block as one part of a stage (e.g. "evaluate/choice"): printed and recorded, peak memory untouched."""
+    start = time.perf_counter()
+    yield
+    seconds = round(time.perf_counter() - start, 2)
+    print(f"{name}: {seconds} s")
+    _record({"stage": name, "seconds": seconds})
+
+
 @contextmanager
 def stage(name: str) -> Iterator[None]:
     """Time the block as stage `name`."""
@@ -25,6 +41,4 @@ def stage(name: str) -> Iterator[None]:
     record = {"stage": name, "seconds": round(time.perf_counter() - start, 2), "device": hardware.name(dev),
               "peak_gpu_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0}
     print(f"{name}: {record['seconds']} s" + (f", peak GPU {record['peak_gpu_bytes'] / 2**30:.2f} GiB" if record["peak_gpu_bytes"] else ""))
-    if path := os.environ.get("LLMSHRINK_TIMINGS"):
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+    _record(record)
