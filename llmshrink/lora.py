@@ -1,9 +1,12 @@
-"""LoRA healing (Hu et al. 2021) of a pruned model, merged back into its weights.
+"""Healing of a pruned model: LoRA (Hu et al. 2021) merged back into its weights, or full fine-tuning.
 
 Each target linear layer W (frozen) gets a trainable low-rank update, h = W x + (alpha / r) * B A x with
 A: r x in, B: out x r (B starts at zero); after training the update is merged, W' = W + (alpha / r) * B A.
 The merge is dense, so it fills in the zeros WANDA made; with `keep_sparsity` the positions that were
 exactly zero in W are zeroed again in W' (W' <- W' * M, M = [W != 0]).
+Distillation (Hinton et al. 2015; Minitron's healing): with weight w the loss is (1 - w) · LM + w · T² ·
+KL(p_teacher ‖ p_student), both next-token distributions at temperature T, the teacher the unpruned model run on
+the same batch without gradients, averaged over the tokens that carry an LM label.
 """
 from __future__ import annotations
 
@@ -13,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from llmshrink.calib import token_windows
 from llmshrink import hardware
-from llmshrink.params import Lora, choice
+from llmshrink.params import MODULES, Lora, choice
 from llmshrink.qa import prompt, read_qa
 
 IGNORE = -100  # label of tokens that carry no loss
@@ -101,11 +105,38 @@ def sparsity(weights: dict[str, torch.Tensor]) -> float:
     return zeros / sum(w.numel() for w in weights.values())
 
 
-def train(model: PeftModel, batches: list[Batch], p: Lora, seed: int, progress: bool = True) -> list[float]:
-    """AdamW on the adapter weights; one optimizer step per `grad_accum` micro-batches. Returns the loss per step."""
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(teacher / T) ‖ softmax(student / T)) of the next-token distributions [B, T, V], averaged
+    over the positions whose next token carries a label (the positions the LM loss counts)."""
+    mask = labels[:, 1:] != IGNORE
+    s = F.log_softmax(student[:, :-1][mask].float() / temperature, dim=-1)
+    t = F.log_softmax(teacher[:, :-1][mask].float() / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
+
+
+def batch_loss(model: torch.nn.Module, b: Batch, p: Lora, teacher: torch.nn.Module | None,
+               device: torch.device) -> torch.Tensor:
+    """(1 - lora.distill) · LM loss + lora.distill · distillation loss against `teacher` on one micro-batch."""
+    ids, mask, labels = b.input_ids.to(device), b.attention_mask.to(device), b.labels.to(device)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    if not p.distill:
+        return out.loss
+    with torch.no_grad():
+        target = teacher(input_ids=ids, attention_mask=mask).logits
+    return (1 - p.distill) * out.loss + p.distill * distill_loss(out.logits, target, labels, p.temperature)
+
+
+def train(model: torch.nn.Module, batches: list[Batch], p: Lora, seed: int, progress: bool = True,
+          teacher: torch.nn.Module | None = None) -> list[float]:
+    """AdamW on the trainable weights (the adapter's, or all with lora.method=full); one optimizer step per
+    `grad_accum` micro-batches; distillation from `teacher` when lora.distill > 0. Returns the loss per step."""
+    if p.distill and teacher is None:
+        raise ValueError(f"lora.distill={p.distill} needs a teacher model (the unpruned checkpoint)")
     device = hardware.device()
     autocast = hardware.autocast_dtype(device)
     model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval()
     torch.manual_seed(seed)  # LoRA dropout
     optimizer = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=p.lr)
     losses = []
@@ -115,18 +146,16 @@ def train(model: PeftModel, batches: list[Batch], p: Lora, seed: int, progress: 
         for b in batches[step * p.grad_accum : (step + 1) * p.grad_accum]:
             ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
             with ctx:
-                out = model(
-                    input_ids=b.input_ids.to(device),
-                    attention_mask=b.attention_mask.to(device),
-                    labels=b.labels.to(device),
-                )
-            (out.loss / p.grad_accum).backward()
-            total += out.loss.item() / p.grad_accum
+                loss = batch_loss(model, b, p, teacher, device)
+            (loss / p.grad_accum).backward()
+            total += loss.item() / p.grad_accum
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(total)
         bar.set_postfix(loss=f"{total:.4f}")
     model.to("cpu").eval()
+    if teacher is not None:
+        teacher.to("cpu")
     return losses
 
 
@@ -140,31 +169,42 @@ class Healed:
 
 
 def heal(model: PreTrainedModel, batches: list[Batch], p: Lora, seed: int, adapter_dir: str | Path,
-         progress: bool = True) -> Healed:
-    """Train a LoRA adapter on `batches`, save it to `adapter_dir`, merge it and (with `keep_sparsity`)
-    re-zero the positions that were zero in the target weights."""
-    check_targets(model, p.targets)
-    weights = target_weights(model, p.targets)
+         progress: bool = True, teacher: PreTrainedModel | None = None) -> Healed:
+    """Train on `batches` (distilling from `teacher` when lora.distill > 0): a LoRA adapter, saved to
+    `adapter_dir` and merged, or (lora.method=full) every weight; with `keep_sparsity` re-zero the positions that
+    were zero in the trained linear weights (the LoRA targets, or every projection)."""
+    if teacher is not None and teacher.config.vocab_size != model.config.vocab_size:
+        raise ValueError(f"the teacher's vocabulary ({teacher.config.vocab_size}) differs from the model's "
+                         f"({model.config.vocab_size}): distillation needs the same tokenizer")
+    trained = p.targets if p.method == "lora" else MODULES
+    if p.method == "lora":
+        check_targets(model, p.targets)
+    weights = target_weights(model, trained)
     masks = {name: w != 0 for name, w in weights.items()}
     before = sparsity(weights)
-    torch.manual_seed(seed)  # initialisation of A
-    config = LoraConfig(
-        r=p.rank, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=list(p.targets),
-        bias="none", task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(model, config)
-    trainable = sum(w.numel() for w in peft_model.parameters() if w.requires_grad)
     device = hardware.device()
     autocast = hardware.autocast_dtype(device)
-    losses = train(peft_model, batches, p, seed, progress)
-    peft_model.save_pretrained(adapter_dir)
-    merged = peft_model.merge_and_unload()
-    weights = target_weights(merged, p.targets)
+    if p.method == "lora":
+        torch.manual_seed(seed)  # initialisation of A
+        config = LoraConfig(
+            r=p.rank, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=list(p.targets),
+            bias="none", task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+    trainable = sum(w.numel() for w in model.parameters() if w.requires_grad)
+    losses = train(model, batches, p, seed, progress, teacher)
+    if p.method == "lora":
+        model.save_pretrained(adapter_dir)
+        model = model.merge_and_unload()
+    weights = target_weights(model, trained)
     if p.keep_sparsity:
         with torch.no_grad():
             for name, w in weights.items():
                 w.mul_(masks[name].to(w.device))
     metrics = {
+        "method": p.method,
+        "distill": p.distill,
+        "temperature": p.temperature,
         "dataset": p.dataset,
         "loss_on": "all tokens" if p.dataset == "wikitext" else "answer tokens",
         "steps": p.steps,
@@ -177,4 +217,4 @@ def heal(model: PreTrainedModel, batches: list[Batch], p: Lora, seed: int, adapt
         "sparsity_before": before,
         "sparsity_after": sparsity(weights),
     }
-    return Healed(merged, losses, metrics)
+    return Healed(model, losses, metrics)

@@ -207,8 +207,33 @@ class Wanda:
 
 
 @dataclass(frozen=True)
+class Structured:
+    """Structured width pruning: the shares of MLP channels, of KV groups (each with its query heads) and of the
+    query heads of each kept group removed, the same number in every layer (0 = none; all 0 = off)."""
+
+    mlp: float
+    kv_groups: float
+    query_heads: float
+    importance: str
+    samples: int
+    seq_len: int
+
+    def __post_init__(self) -> None:
+        for key in ("mlp", "kv_groups", "query_heads"):
+            in_range(f"structured.{key}", getattr(self, key), 0, 1, high_open=True)
+        choice("structured.importance", self.importance, ("wanda", "activation"))
+        integer("structured.samples", self.samples, 1)
+        integer("structured.seq_len", self.seq_len, 2)
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.mlp, self.kv_groups, self.query_heads))
+
+
+@dataclass(frozen=True)
 class Lora:
-    """LoRA healing, merged into the weights."""
+    """Healing: a LoRA adapter merged into the weights, or full fine-tuning (`method`); the loss mixes the LM loss
+    with distillation from the unpruned model (`distill` its weight, `temperature` T)."""
 
     enabled: bool
     dataset: str
@@ -222,10 +247,16 @@ class Lora:
     grad_accum: int
     seq_len: int
     keep_sparsity: bool
+    method: str
+    distill: float
+    temperature: float
 
     def __post_init__(self) -> None:
         flag("lora.enabled", self.enabled)
         flag("lora.keep_sparsity", self.keep_sparsity)
+        choice("lora.method", self.method, ("lora", "full"))
+        in_range("lora.distill", self.distill, 0, 1)
+        in_range("lora.temperature", self.temperature, 0, math.inf, low_open=True)
         choice("lora.dataset", self.dataset, ("wikitext", "triviaqa"))
         object.__setattr__(self, "targets", names("lora.targets", list(self.targets), MODULES))
         for key, low in (("rank", 1), ("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("seq_len", 2)):
@@ -346,8 +377,8 @@ class Explore:
             raise ValueError(f"explore.configs={self.configs!r} must be a non-empty mapping of named configurations")
 
 
-SECTIONS = {"model": Model, "data": Data, "prune": Prune, "wanda": Wanda, "lora": Lora, "gptq": Gptq,
-            "eora": Eora, "eval": Eval, "benchmark": Benchmark, "explore": Explore}
+SECTIONS = {"model": Model, "data": Data, "prune": Prune, "wanda": Wanda, "structured": Structured, "lora": Lora,
+            "gptq": Gptq, "eora": Eora, "eval": Eval, "benchmark": Benchmark, "explore": Explore}
 
 
 def load(section: str, path: str | Path = "params.yaml") -> Any:

@@ -1,4 +1,5 @@
-"""Stage lora: heal a checkpoint with a LoRA adapter, merged into the weights (the adapter kept in `adapter/`)."""
+"""Stage lora: heal a checkpoint with a LoRA adapter merged into the weights (the adapter kept in `adapter/`) or by
+full fine-tuning, on the LM loss, distillation from the unpruned teacher, or a mix of both."""
 import argparse
 
 from transformers import AutoTokenizer
@@ -13,6 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", help="checkpoint folder, e.g. models/width")
     parser.add_argument("text", help="fine-tuning text (lora.dataset=wikitext), e.g. data/finetune.txt")
     parser.add_argument("qa", help="QA training records (lora.dataset=triviaqa), e.g. data/qa_train.jsonl")
+    parser.add_argument("teacher", help="unpruned checkpoint to distill from (lora.distill > 0), e.g. models/base")
     parser.add_argument("out", help="checkpoint folder to write, e.g. models/lora")
     parser.add_argument("metrics", help="metrics JSON, e.g. metrics/lora.json")
     parser.add_argument("loss", help="loss per step CSV, e.g. metrics/lora_loss.csv")
@@ -27,8 +29,9 @@ def main(argv: list[str] | None = None) -> None:
         batches = training_batches(tokenizer, args.text, args.qa, p, seed)
         dtype = models.saved_dtype(args.model)
         model = models.load(args.model, "float32")  # fp32 master weights; bf16 autocast on a GPU
+        teacher = models.load(args.teacher, "float32") if p.distill else None
         with atomic_dir(args.out) as tmp:
-            healed = heal(model, batches, p, seed, tmp / models.ADAPTER_DIR)
+            healed = heal(model, batches, p, seed, tmp / models.ADAPTER_DIR, teacher=teacher)
             models.save(healed.model, tokenizer, tmp, dtype)
         losses, metrics = healed.losses, {"enabled": True, **healed.metrics}
         print(f"{args.out}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps, "

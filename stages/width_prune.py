@@ -1,10 +1,11 @@
-"""Stage width_prune: WANDA on a checkpoint (a copy when wanda.enabled is false), sparsity into the metrics."""
+"""Stage width_prune: structured pruning (whole MLP channels and heads removed) and/or WANDA on a checkpoint (a copy
+when both are off); the new shapes and the sparsity into the metrics."""
 import argparse
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import hardware, models, params, timing, wanda
+from llmshrink import hardware, models, params, structured, timing, wanda
 from llmshrink.atomic import atomic_dir, write_json
 from llmshrink.calib import token_windows
 
@@ -16,22 +17,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="checkpoint folder to write, e.g. models/width")
     parser.add_argument("metrics", help="metrics JSON, e.g. metrics/width.json")
     args = parser.parse_args(argv)
-    p, seed = params.load("wanda"), params.load("seed")
-    if not p.enabled:
+    p, s, seed = params.load("wanda"), params.load("structured"), params.load("seed")
+    if not p.enabled and not s.enabled:
         write_json(args.metrics, models.passthrough(args.model, args.out))
-        print(f"{args.out}: copy of {args.model} (wanda.enabled=false)")
+        print(f"{args.out}: copy of {args.model} (wanda.enabled=false, structured shares 0)")
         return
     tokenizer = AutoTokenizer.from_pretrained(args.model)
+    text = Path(args.calibration).read_text(encoding="utf-8")
     dtype = models.saved_dtype(args.model)
     model = models.load(args.model, hardware.work_dtype())
-    wanda.targets(model, p)  # model-dependent checks before the calibration pass
-    calib = token_windows(tokenizer, Path(args.calibration).read_text(encoding="utf-8"), p.samples, p.seq_len, seed)
-    pruned = wanda.prune(model, calib, p)
+    shrunk = {}
+    if s.enabled:
+        structured.counts(model.config, s)  # model-dependent checks before the calibration pass
+        model, shrunk = structured.prune(model, token_windows(tokenizer, text, s.samples, s.seq_len, seed), s)
+        print(f"{args.out}: structured {shrunk['before']} -> {shrunk['after']}")
+    if p.enabled:
+        wanda.targets(model, p)  # model-dependent checks before the calibration pass
+        pruned = wanda.prune(model, token_windows(tokenizer, text, p.samples, p.seq_len, seed), p)
     with atomic_dir(args.out) as tmp:
         models.save(model, tokenizer, tmp, dtype)
-    metrics = wanda.report(p, pruned)  # counted after the cast to the saved dtype
-    write_json(args.metrics, metrics)
-    print(f"{args.out}: {p.name}, sparsity {metrics['sparsity']:.4f} over {len(pruned)} modules")
+    metrics = wanda.report(p, pruned) if p.enabled else {"enabled": False}  # counted after the cast to the saved dtype
+    write_json(args.metrics, {**metrics, **({"structured": shrunk} if s.enabled else {})})
+    if p.enabled:
+        print(f"{args.out}: {p.name}, sparsity {metrics['sparsity']:.4f} over {len(pruned)} modules")
 
 
 if __name__ == "__main__":

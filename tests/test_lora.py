@@ -17,8 +17,8 @@ from llmshrink.data import qa_record
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = params.read(ROOT / "params.yaml")
 SEED = PARAMS["seed"]
-STAGE_ARGS = ["models/width", "data/finetune.txt", "data/qa_train.jsonl", "models/lora", "metrics/lora.json",
-              "metrics/lora_loss.csv"]
+STAGE_ARGS = ["models/width", "data/finetune.txt", "data/qa_train.jsonl", "models/base", "models/lora",
+              "metrics/lora.json", "metrics/lora_loss.csv"]
 FAST = {"steps": 15, "batch_size": 4, "seq_len": 32, "lr": 1e-2}
 FACTS = [("What is the capital of France?", "Paris"), ("Who wrote Hamlet?", "William Shakespeare"),
          ("What is the chemical symbol for gold?", "Au"), ("How many legs does a spider have?", "Eight")]
