@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedModel)
 
 from llmshrink import hardware, pypi
 from llmshrink.atomic import copy_dir
@@ -186,8 +187,9 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
     try:
         if is_quantized(path):
             return _load_quantized(Path(path), dtype, on)
-        if name := gguf_file(path):  # transformers dequantizes every tensor to `dtype`
-            return AutoModelForCausalLM.from_pretrained(path, gguf_file=name, dtype=DTYPES[dtype]).to(on).eval()
+        if name := gguf_file(path):  # every tensor dequantized into a plain model in `dtype`
+            return AutoModelForCausalLM.from_pretrained(path, gguf_file=name, dtype=DTYPES[dtype],
+                                                        quantization_config=GgufConfig(dequantize=True)).to(on).eval()
         weights = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
         weights = weights * DTYPES[dtype].itemsize // DTYPES.get(saved_dtype(path), torch.float32).itemsize
         if spread := hardware.device_map(weights, on):  # larger than one GPU: over all visible GPUs

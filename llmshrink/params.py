@@ -15,6 +15,7 @@ from ruamel.yaml import YAML
 
 DTYPES = ("float32", "bfloat16", "float16")
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")  # export.type: llama.cpp file types
 
 
 def read(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -377,8 +378,21 @@ class Explore:
             raise ValueError(f"explore.configs={self.configs!r} must be a non-empty mapping of named configurations")
 
 
+@dataclass(frozen=True)
+class Export:
+    """GGUF export of the final dense checkpoint for llama.cpp-family runtimes, in one llama.cpp file type."""
+
+    enabled: bool
+    type: str
+
+    def __post_init__(self) -> None:
+        flag("export.enabled", self.enabled)
+        choice("export.type", self.type, GGUF_TYPES)
+
+
 SECTIONS = {"model": Model, "data": Data, "prune": Prune, "wanda": Wanda, "structured": Structured, "lora": Lora,
-            "gptq": Gptq, "eora": Eora, "eval": Eval, "benchmark": Benchmark, "explore": Explore}
+            "gptq": Gptq, "eora": Eora, "eval": Eval, "benchmark": Benchmark, "explore": Explore,
+            "export": Export}
 
 
 def load(section: str, path: str | Path = "params.yaml") -> Any:

@@ -5,8 +5,6 @@ import json
 import sys
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
 from llmshrink import evaluate, hardware, harness, models, params, qa, timing
 from llmshrink.atomic import write_json
 
@@ -25,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     tasks = json.loads((data / "choice.json").read_text(encoding="utf-8"))
     records = qa.read_qa(data / "qa.jsonl")
     model = models.load(args.model, hardware.resolve_dtype(p.dtype))
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = models.load_tokenizer(args.model)
     metrics, items = evaluate.evaluate(model, tokenizer, args.model, texts, records, tasks, p, seed)
     if p.lm_eval:
         (name, text), *_ = ((k, t["text"]) for k, t in texts.items() if t["domain"] == "in")

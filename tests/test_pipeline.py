@@ -14,7 +14,8 @@ from llmshrink import params as params_file
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_model", "prepare_data", "score_layers", "depth_prune", "width_prune", "lora",
-          "quantize", "eora", "evaluate@base", "evaluate@eora", "benchmark", "report", "explore_layers"]
+          "quantize", "eora", "export", "evaluate@base", "evaluate@eora", "evaluate@export", "benchmark", "report",
+          "explore_layers"]
 TINY_OVERRIDES = {
     "model": {"source": "tiny", "dtype": "float32"},
     "prune": {"samples": 2, "seq_len": 64, "layers": 2},
