@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from ruamel.yaml import YAML
@@ -114,6 +115,31 @@ def matmul_peak(dev: torch.device, n: int = 8192, reps: int = 20) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
+def stage_table(timings: Path) -> dict[str, Any]:
+    """Per-stage seconds and peak GPU memory from a `LLMSHRINK_TIMINGS` file (a stage run twice: its last run),
+    their sum, and the evaluation's parts (perplexity / QA / multiple choice) summed over checkpoints."""
+    stages: dict[str, dict[str, float]] = {}
+    parts: dict[str, float] = {}
+    for line in timings.read_text().split("\n") if timings.exists() else []:
+        if line.strip():
+            r = json.loads(line)
+            if "peak_gpu_bytes" in r:
+                stages[r["stage"]] = {"seconds": r["seconds"], "peak_gpu_bytes": r["peak_gpu_bytes"]}
+            else:
+                parts[r["stage"]] = round(parts.get(r["stage"], 0.0) + r["seconds"], 2)
+    return {"total_seconds": round(sum(s["seconds"] for s in stages.values()), 1), "stages": stages,
+            "evaluation_parts_seconds": parts}
+
+
+def write_run(out: Path, run: dict[str, Any]) -> None:
+    """Merge `run` into `out`, replacing the run of the same shape, and print it."""
+    previous = json.loads(out.read_text()) if out.exists() else {"runs": []}
+    runs = [r for r in previous["runs"] if r["shape"] != run["shape"]] + [run]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    print(json.dumps(run, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="llama-3.2-1b", choices=["tiny", *models.SHAPES])
@@ -123,7 +149,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_pipeline.json")
     parser.add_argument("--resume", action="store_true", help="continue `dvc repro` in an existing workspace")
     parser.add_argument("--timeout", type=float, default=None, help="stop `dvc repro` after this many seconds")
+    parser.add_argument("--summarize", type=Path, metavar="TIMINGS",
+                        help="only record the stage table of an unfinished run from its timings file (fetched from "
+                             "the GPU machine), as a run with ok=false")
     args = parser.parse_args()
+    if args.summarize:
+        table = stage_table(args.summarize)
+        devices = {r.get("device") for r in map(json.loads, filter(str.strip, args.summarize.read_text().split("\n")))}
+        write_run(args.out, {"shape": args.shape, "device": ", ".join(sorted(d for d in devices if d)), "ok": False,
+                             "finished_stages": len(table["stages"]), **table})
+        return
     ws = args.work / args.shape
     if not (args.resume and ws.is_dir()):
         workspace(args.shape, args.assets, args.profile, ws)
@@ -139,13 +174,8 @@ def main() -> None:
     except subprocess.TimeoutExpired:
         ok = False
     total = time.perf_counter() - start
-    stages = {}
-    for line in timings.read_text().splitlines() if timings.exists() else []:
-        r = json.loads(line)
-        stages[r["stage"]] = {"seconds": r["seconds"], "peak_gpu_bytes": r["peak_gpu_bytes"]}
     run = {"shape": args.shape, "device": hardware.name(hardware.device()), "ok": ok,
-           "total_seconds": round(sum(s["seconds"] for s in stages.values()), 1), "last_call_seconds": round(total, 1),
-           "stages": stages}
+           **stage_table(timings), "last_call_seconds": round(total, 1)}
     dev = hardware.device()
     run |= eval_throughput(models.load(ws / "models" / "base", hardware.resolve_dtype("auto", dev), dev))
     if (ws / "metrics" / "benchmark.json").exists():
@@ -157,11 +187,7 @@ def main() -> None:
         run["gptq_kernel"] = json.loads((ws / "metrics" / "eval" / "gptq.json").read_text()).get("gptq_kernel")
         run["eval"] = {name: json.loads((ws / "metrics" / "eval" / f"{name}.json").read_text())["size"]
                        for name in ("base", "gptq", "eora")}
-    previous = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
-    runs = [r for r in previous["runs"] if r["shape"] != args.shape] + [run]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
-    print(json.dumps(run, indent=2))
+    write_run(args.out, run)
     sys.exit(0 if ok else 1)
 
 
