@@ -209,13 +209,21 @@ def validate(assignment: dict[str, Any], defaults: dict[str, Any], label: str) -
             raise ValueError(f"{label}: {e}") from e
 
 
+def outside_paths(defaults: dict[str, Any], root: Path) -> dict[str, str]:
+    """Params whose value is a relative path out of the repository (`../shared/...`), made absolute: a queued
+    experiment runs in a temporary copy of the repository (`.dvc/tmp/exps/...`), where they would not resolve."""
+    return {key: str((root / value).resolve()) for key, value in _flatten(defaults).items()
+            if isinstance(value, str) and value.startswith("../")}
+
+
 def queue(grid_path: str | Path, jobs: int = 1, run: bool = False, dry_run: bool = False,
           params_path: str | Path = "params.yaml") -> list[list[str]]:
     """Queue every combination of the grid as a DVC experiment (checked against the params schema first) and,
     with `run`, start `dvc queue start -j <jobs>`. With `dry_run` nothing is submitted. Returns the commands."""
     grid = params.read(grid_path)
-    exps = experiments(grid, Path(grid_path).stem)
     defaults = params.read(params_path)
+    outside = outside_paths(defaults, Path(params_path).resolve().parent)
+    exps = [(n, a | {k: v for k, v in outside.items() if k not in a}) for n, a in experiments(grid, Path(grid_path).stem)]
     for exp_name, assignment in exps:
         validate(assignment, defaults, exp_name)
     stages = set(params.read(Path(params_path).with_name("dvc.yaml"))["stages"])

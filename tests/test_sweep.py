@@ -127,8 +127,9 @@ def test_queue_submits_to_dvcs_queue_then_starts_it(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, check: ran.append(cmd))
     assert sweep.queue(grid, jobs=2, run=False, dry_run=True, params_path=ROOT / "params.yaml") and not ran
     sweep.queue(grid, jobs=2, run=True, params_path=ROOT / "params.yaml")
-    assert ran == [["dvc", "exp", "run", "--queue", "--name", "L0", "-S", "prune.layers=0", "-S", "wanda.pattern=2:4"],
-                   ["dvc", "exp", "run", "--queue", "--name", "L2", "-S", "prune.layers=2", "-S", "wanda.pattern=2:4"],
+    outside = [a for k, v in sweep.outside_paths(params.read(ROOT / "params.yaml"), ROOT).items() for a in ("-S", f"{k}={v}")]
+    assert ran == [["dvc", "exp", "run", "--queue", "--name", "L0", "-S", "prune.layers=0", "-S", "wanda.pattern=2:4", *outside],
+                   ["dvc", "exp", "run", "--queue", "--name", "L2", "-S", "prune.layers=2", "-S", "wanda.pattern=2:4", *outside],
                    ["dvc", "queue", "start", "-j", "2"]]
 
 
@@ -140,6 +141,17 @@ def test_targets_limit_each_experiment_to_named_stages(tmp_path: Path) -> None:
     grid.write_text("params: {prune.layers: [0, 2]}\ntargets: [evaluate@nothing, benchmarks]\n")
     with pytest.raises(ValueError, match="'benchmarks' is not a stage of dvc.yaml"):
         sweep.queue(grid, dry_run=True, params_path=ROOT / "params.yaml")
+
+
+def test_paths_out_of_the_repository_are_queued_absolute(tmp_path: Path) -> None:
+    """A queued experiment runs in a copy under .dvc/tmp/exps, where `../shared/...` would not resolve."""
+    (tmp_path / "repo").mkdir()
+    defaults = {"data": {"choice_files": {"arc": "../shared/arc.jsonl"}, "local": {"qa": "data/qa.jsonl"}}, "seed": 0}
+    assert sweep.outside_paths(defaults, tmp_path / "repo") == {"data.choice_files.arc": str(tmp_path / "shared" / "arc.jsonl")}
+    grid = tmp_path / "g.yaml"
+    grid.write_text("params: {prune.layers: [0, 2]}\n")
+    (cmd, _) = sweep.queue(grid, dry_run=True, params_path=ROOT / "params.yaml")
+    assert f"data.choice_files.arc_easy={ROOT.parent / 'shared' / 'data' / 'zeroshot' / 'arc_easy.jsonl'}" in cmd
 
 
 def test_cli_dry_run_prints_commands(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
