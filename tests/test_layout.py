@@ -45,7 +45,8 @@ def stage_deps() -> dict[str, tuple[str, set[str]]]:
     out = {}
     for name, stage in read(ROOT / "dvc.yaml")["stages"].items():
         stage = stage.get("do", stage)
-        script = stage["cmd"].split()[1]
+        module = stage["cmd"].split()[2]  # python -m stages.<name>
+        script = module.replace(".", "/") + ".py"
         out[name] = script, {d for d in stage.get("deps", []) if d.startswith("llmshrink/") and d.endswith(".py")}
     return out
 
