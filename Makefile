@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: setup repro test gpu-repro
+.PHONY: setup repro test gpu-repro edge
 setup: $(STAMP)
 
 repro: $(STAMP)
@@ -18,6 +18,11 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -v tests
+
+# Opt-in: llama.cpp's llama-bench built from the llama-cpp-python sdist into edge/ (cmake, C++; minutes on 2 cores);
+# the benchmark stage then adds llama.cpp's tokens/s for base (as F16 GGUF) and the GGUF export.
+edge: $(STAMP)
+	$(BIN)/python -m llmshrink.llamacpp
 
 # The thesis-scale profile (profiles/gpu.txt: one `section.key=value` a line) as one DVC experiment.
 gpu-repro:

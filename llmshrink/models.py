@@ -181,7 +181,7 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
     """Any pipeline checkpoint as a causal LM in eval mode on `on` (default `hardware.device()`): dense ones with
     transformers in `dtype` (spread over several GPUs with accelerate when one cannot hold it); GPTQ ones with
     GPTQModel, with the EoRA adapter of `path/adapter` when there is one (`dtype` "auto" leaves GPTQModel's
-    choice)."""
+    choice); a GGUF folder with transformers, dequantized to `dtype`."""
     on = on or device()
     read_config(path)
     try:

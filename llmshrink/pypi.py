@@ -52,11 +52,11 @@ def wheel_file(requirement: str, member: str) -> Path:
     return out
 
 
-def sdist_dir(requirement: str, root: str, members: tuple[str, ...]) -> Path:
+def sdist_dir(requirement: str, root: str, members: tuple[str, ...] = (), name: str = "") -> Path:
     """The folder `root` (a path below the top folder of the source distribution `requirement`, e.g.
-    "vendor/llama.cpp") with the files and folders `members` (paths below `root`), extracted into the cache on
-    first use."""
-    target = cache_dir() / requirement.replace("==", "-") / Path(root).name
+    "vendor/llama.cpp") with the files and folders `members` (paths below `root`; all when empty), extracted on
+    first use into the cache folder `name` (default: `root`'s last part)."""
+    target = cache_dir() / requirement.replace("==", "-") / (name or Path(root).name)
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -67,11 +67,13 @@ def sdist_dir(requirement: str, root: str, members: tuple[str, ...]) -> Path:
             chosen = []
             for entry in entries:
                 rel = entry.name.removeprefix(prefix)
-                if entry.name.startswith(prefix) and any(rel == m or rel.startswith(m + "/") for m in members):
+                if entry.name.startswith(prefix) and (not members or any(rel == m or rel.startswith(m + "/")
+                                                                         for m in members)):
                     chosen.append(entry.replace(name=rel))
             found = {c.name.split("/")[0] for c in chosen}
-            if missing := [m for m in members if m.split("/")[0] not in found]:
-                raise FileNotFoundError(f"{requirement}'s source distribution has no {root}/{missing[0]}")
+            missing = [m for m in members if m.split("/")[0] not in found]
+            if missing or not chosen:
+                raise FileNotFoundError(f"{requirement}'s source distribution has no {root}/{(missing or [''])[0]}")
             tf.extractall(Path(tmp) / "part", members=chosen, filter="data")
         (Path(tmp) / "part").rename(target)
     return target

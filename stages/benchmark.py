@@ -3,7 +3,7 @@ rounds), with ratios to the first checkpoint, peak memory and the machine it ran
 import argparse
 from pathlib import Path
 
-from llmshrink import benchmark, hardware, params, timing
+from llmshrink import benchmark, hardware, llamacpp, params, timing
 from llmshrink.atomic import write_json
 
 
@@ -17,10 +17,17 @@ def main(argv: list[str] | None = None) -> None:
     paths = {name: Path(args.models_dir) / name for name in args.checkpoints}
     result = benchmark.run(paths, hardware.resolve_dtype(p.dtype), p.rounds, p.prompt_tokens, p.new_tokens,
                            list(p.batch_sizes))
+    result["llama_cpp"] = llamacpp.compare(paths, p.rounds, p.prompt_tokens, p.new_tokens,
+                                           result["machine"]["torch_threads"])
     write_json(args.out, result)
     for name, r in result["checkpoints"].items():
         print(f"{name:>8}: prefill {r['prefill_tok_s']:8.1f} tok/s ({r['prefill_vs_base']:.2f}x), "
               f"decode {r['decode_tok_s']:6.1f} tok/s ({r['decode_vs_base']:.2f}x)")
+    for name, r in result["llama_cpp"].get("checkpoints", {}).items():
+        print(f"llama.cpp {name:>8}: prefill {r['prefill_tok_s']:8.1f} tok/s, decode {r['decode_tok_s']:6.1f} tok/s, "
+              f"peak {r['peak_mem_bytes'] / 2**20:.0f} MiB")
+    if "skipped" in result["llama_cpp"]:
+        print(f"llama.cpp skipped: {result['llama_cpp']['skipped']}")
 
 
 if __name__ == "__main__":

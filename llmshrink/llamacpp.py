@@ -1,0 +1,94 @@
+"""llama.cpp's own speed for GGUF files (opt-in): `make edge` builds `llama-bench` from the llama.cpp vendored in
+the llama-cpp-python source distribution (the converter's source, `export.LLAMA_CPP`) into `edge/` (git-ignored);
+the benchmark stage times each GGUF file with it in interleaved rounds when it is there.
+
+`python -m llmshrink.llamacpp` builds it (cmake and a C++ compiler; several minutes on 2 cores)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from llmshrink import export, models, pypi
+
+BUILD = Path("edge/build")  # relative to the repository root, where stages and make run
+BENCH = BUILD / "bin" / "llama-bench"
+SKIPPED = "llama-bench not built: run `make edge` (builds llama.cpp from the llama-cpp-python sdist)"
+
+
+def build(build_dir: Path = BUILD) -> Path:
+    """Configure and build `llama-bench` (Release, CPU backend for this machine) from the cached llama.cpp source."""
+    src = pypi.sdist_dir(export.LLAMA_CPP, "vendor/llama.cpp", (), name="llama.cpp-src")
+    options = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+               "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DGGML_OPENMP=OFF"]
+    subprocess.run(["cmake", "-S", str(src), "-B", str(build_dir), *options], check=True)
+    subprocess.run(["cmake", "--build", str(build_dir), "--target", "llama-bench", "-j", str(os.cpu_count())],
+                   check=True)
+    return build_dir / "bin" / "llama-bench"
+
+
+def _run(binary: Path, file: Path, prompt_tokens: int, new_tokens: int, threads: int) -> tuple[dict, int]:
+    """One llama-bench repetition of prefill (pp) and decode (tg) on `file`: its JSON records and the process's
+    peak resident bytes (its own rusage, read with wait4)."""
+    cmd = [str(binary), "-m", str(file), "-p", str(prompt_tokens), "-n", str(new_tokens), "-t", str(threads),
+           "-r", "1", "-o", "json"]
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # reaped here, so that its own peak memory can be read
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed: {err.read()[-2000:]}")
+    records = {("prefill" if r["n_prompt"] else "decode"): r for r in json.loads(out)}
+    return records, usage.ru_maxrss * 1024
+
+
+def bench(files: dict[str, Path], rounds: int, prompt_tokens: int, new_tokens: int, threads: int,
+          binary: Path = BENCH) -> dict[str, Any]:
+    """Prefill and decode tokens/s (median over `rounds` interleaved rounds, llama-bench at batch 1) and peak
+    resident memory of each GGUF file of `files` (name -> file), with ratios to the first; or why it was skipped."""
+    if not binary.is_file():
+        return {"skipped": SKIPPED}
+    speed: dict[str, list[tuple[float, float]]] = {n: [] for n in files}
+    peak = dict.fromkeys(files, 0)
+    for _ in tqdm(range(rounds), desc="llama.cpp rounds"):
+        for name, file in files.items():
+            records, rss = _run(binary, file, prompt_tokens, new_tokens, threads)
+            speed[name].append((records["prefill"]["avg_ts"], records["decode"]["avg_ts"]))
+            peak[name] = max(peak[name], rss)
+    base = next(iter(files))
+    median = {n: [statistics.median(v[i] for v in speed[n]) for i in (0, 1)] for n in files}
+    out = {n: {"bytes": files[n].stat().st_size, "prefill_tok_s": median[n][0],
+               "decode_tok_s": median[n][1], "prefill_vs_base": median[n][0] / median[base][0],
+               "decode_vs_base": median[n][1] / median[base][1], "peak_mem_bytes": peak[n]} for n in files}
+    return {"settings": {"threads": threads, "rounds": rounds, "prompt_tokens": prompt_tokens,
+                         "new_tokens": new_tokens, "llama_cpp": export.LLAMA_CPP}, "checkpoints": out}
+
+
+def compare(paths: dict[str, Path], rounds: int, prompt_tokens: int, new_tokens: int, threads: int,
+            binary: Path = BENCH) -> dict[str, Any]:
+    """`bench` of the baseline (the first of `paths`, converted to an F16 GGUF file in a temporary folder) and of
+    every GGUF checkpoint of `paths` (name -> folder); or why it was skipped."""
+    ggufs = {n: Path(p) / f for n, p in paths.items() if (f := models.gguf_file(p))}
+    if not binary.is_file() or not ggufs:
+        return {"skipped": SKIPPED if not binary.is_file() else "no GGUF checkpoint among the benchmarked ones"}
+    base, path = next(iter(paths.items()))
+    with tempfile.TemporaryDirectory() as tmp:
+        export.to_gguf(path, Path(tmp) / base, "f16")
+        return bench({f"{base}_f16": Path(tmp) / base / export.GGUF_NAME, **ggufs}, rounds, prompt_tokens,
+                     new_tokens, threads, binary)
+
+
+if __name__ == "__main__":
+    if not shutil.which("cmake"):
+        sys.exit("make edge needs cmake (apt-get install cmake, or pip install cmake) and a C++ compiler")
+    print(f"built {build()}")
