@@ -134,9 +134,10 @@ def train(model: torch.nn.Module, batches: list[Batch], p: Lora, seed: int, prog
         raise ValueError(f"lora.distill={p.distill} needs a teacher model (the unpruned checkpoint)")
     device = hardware.device()
     autocast = hardware.autocast_dtype(device)
-    model.to(device).train()
-    if teacher is not None:
-        teacher.to(device).eval()
+    for m in (model, teacher):
+        if m is not None and not getattr(m, "hf_device_map", None):  # spread over GPUs by accelerate: stays put
+            m.to(device)
+    model.train()
     torch.manual_seed(seed)  # LoRA dropout
     optimizer = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=p.lr)
     losses = []
