@@ -159,7 +159,7 @@ def test_cli_dry_run_prints_commands(capsys: pytest.CaptureFixture[str], monkeyp
     sweep.main(["queue", "sweeps/cpu.yaml", "--dry-run", "--start", "-j", "1"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 13 and lines[-1] == "dvc queue start -j 1"
-    assert lines[0].startswith("dvc exp run --queue --name L0-w1_8-eoraT -S prune.layers=0 -S wanda.enabled=true")
+    assert lines[0].startswith("dvc exp run --queue --name L2-w1_8-eoraT -S prune.layers=2 -S wanda.enabled=true")
 
 
 # --- frontier -------------------------------------------------------------------------------------------------
