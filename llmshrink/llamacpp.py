@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +28,45 @@ SKIPPED = "llama-bench not built: run `make edge` (builds llama.cpp from the lla
 def build(build_dir: Path = BUILD) -> Path:
     """Configure and build `llama-bench` (Release, CPU backend for this machine) from the cached llama.cpp source."""
     src = pypi.sdist_dir(export.LLAMA_CPP, "vendor/llama.cpp", (), name="llama.cpp-src")
+    # x86-64 with AVX-512 (this project's machines) without AMX: the -march=native build's AMX kernels die with
+    # SIGILL on Q4_0 in this VM although the CPU lists amx_int8
+    cpu = ["-DGGML_NATIVE=OFF", *(f"-DGGML_{f}=ON" for f in ("AVX", "AVX2", "FMA", "F16C", "AVX512", "AVX512_VNNI",
+                                                             "AVX512_BF16"))]
     options = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-               "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DGGML_OPENMP=OFF"]
+               "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DGGML_OPENMP=OFF", *cpu]
     subprocess.run(["cmake", "-S", str(src), "-B", str(build_dir), *options], check=True)
     subprocess.run(["cmake", "--build", str(build_dir), "--target", "llama-bench", "-j", str(os.cpu_count())],
                    check=True)
     return build_dir / "bin" / "llama-bench"
 
 
+def _peak_rss(pid: int) -> int:
+    """The peak resident bytes so far of a running process (VmHWM, counted from its exec; 0 once it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+
+
 def _run(binary: Path, file: Path, prompt_tokens: int, new_tokens: int, threads: int) -> tuple[dict, int]:
     """One llama-bench repetition of prefill (pp) and decode (tg) on `file`: its JSON records and the process's
-    peak resident bytes (its own rusage, read with wait4)."""
+    peak resident bytes, polled every 20 ms (the rusage of a child forked from this process would count this
+    process's own memory too)."""
     cmd = [str(binary), "-m", str(file), "-p", str(prompt_tokens), "-n", str(new_tokens), "-t", str(threads),
            "-r", "1", "-o", "json"]
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)  # reaped here, so that its own peak memory can be read
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _peak_rss(proc.pid))
+            time.sleep(0.02)
         if proc.returncode:
             err.seek(0)
-            raise RuntimeError(f"{' '.join(cmd)} failed: {err.read()[-2000:]}")
-    records = {("prefill" if r["n_prompt"] else "decode"): r for r in json.loads(out)}
-    return records, usage.ru_maxrss * 1024
+            raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {err.read()[-2000:]}")
+        out.seek(0)
+        records = {("prefill" if r["n_prompt"] else "decode"): r for r in json.load(out)}
+    return records, peak
 
 
 def bench(files: dict[str, Path], rounds: int, prompt_tokens: int, new_tokens: int, threads: int,

@@ -11,10 +11,11 @@ from llmshrink import llamacpp
 
 # prints llama-bench's JSON for -p P -n N: prefill at 100 tok/s for files named base*, else 300; decode a tenth
 FAKE = f"""#!{sys.executable}
-import json, sys
+import json, sys, time
 a = sys.argv
 m, p, n = a[a.index("-m") + 1], int(a[a.index("-p") + 1]), int(a[a.index("-n") + 1])
-blob = bytearray(64 << 20)  # 64 MiB resident
+blob = bytearray(64 << 20)  # 64 MiB resident for a while
+time.sleep(0.3)
 speed = 100.0 if "base" in m else 300.0
 print(json.dumps([{{"n_prompt": p, "n_gen": 0, "avg_ts": speed}}, {{"n_prompt": 0, "n_gen": n, "avg_ts": speed / 10}}]))
 """
@@ -37,4 +38,4 @@ def test_bench_reads_llama_bench_json(tmp_path: Path) -> None:
     base, export = result["checkpoints"]["base"], result["checkpoints"]["export"]
     assert (base["prefill_tok_s"], base["decode_tok_s"], export["prefill_tok_s"]) == (100.0, 10.0, 300.0)
     assert export["prefill_vs_base"] == export["decode_vs_base"] == 3.0 and export["bytes"] == 4
-    assert 64 << 20 < export["peak_mem_bytes"] < 1 << 30
+    assert 64 << 20 < export["peak_mem_bytes"] < 256 << 20  # its own memory, not this (torch-sized) process's
