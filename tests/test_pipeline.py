@@ -117,23 +117,6 @@ def test_changing_prune_layers_does_not_rescore(repo: Path) -> None:
     assert "prune.layers" in diff and "metrics/eval/depth.json" in diff
 
 
-def test_second_clone_reuses_the_run_cache_from_a_remote(repo: Path, tmp_path: Path) -> None:
-    """One machine runs an experiment and pushes its cache and run-cache to a (local-directory) remote; a second
-    clone pulls them and reproduces that experiment's recipe without running a single stage."""
-    remote = tmp_path / "remote"
-    sh(repo, "dvc", "exp", "run", "-S", "prune.layers=1")  # already in the run-cache if the test above ran
-    sh(repo, "dvc", "remote", "add", "--local", "-d", "team", str(remote))
-    sh(repo, "dvc", "push", "--run-cache")
-    clone = tmp_path / "clone"
-    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
-    sh(clone, "dvc", "remote", "add", "--local", "-d", "team", str(remote))
-    sh(clone, "dvc", "pull", "--run-cache")
-    out = sh(clone, "dvc", "exp", "run", "-S", "prune.layers=1")
-    assert "Running stage" not in out
-    assert "Stage 'depth_prune' is cached - skipping run, checking out outputs" in out
-    assert params_file.read(clone / "models" / "depth" / "config.json")["num_hidden_layers"] == 7
-
-
 def test_explore_anchors_resolve_on_the_tiny_model(repo: Path) -> None:
     import csv
 
