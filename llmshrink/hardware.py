@@ -18,8 +18,9 @@ GPU_LOCKS = "LLMSHRINK_GPU_LOCKS"  # env: a folder of per-GPU locks; set it to g
 _pinned: list[IO[str]] = []  # the held lock, released when the process exits
 
 
+@functools.lru_cache(maxsize=None)
 def gpu_count() -> int:
-    """GPUs on this host (`nvidia-smi -L`), counted without initialising CUDA in this process."""
+    """GPUs on this host (`nvidia-smi -L`, asked once per process), counted without initialising CUDA."""
     if not shutil.which("nvidia-smi"):
         return 0
     done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)

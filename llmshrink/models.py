@@ -15,9 +15,9 @@ from safetensors import SafetensorError
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, LlamaConfig, LlamaForCausalLM,
                           PreTrainedModel)
 
-from llmshrink import hardware, pypi
+from llmshrink import pypi
 from llmshrink.atomic import copy_dir
-from llmshrink.hardware import DTYPES, device
+from llmshrink.hardware import DTYPES, device, device_map
 
 SUPPORTED_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -192,7 +192,7 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
                                                         quantization_config=GgufConfig(dequantize=True)).to(on).eval()
         weights = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
         weights = weights * DTYPES[dtype].itemsize // DTYPES.get(saved_dtype(path), torch.float32).itemsize
-        if spread := hardware.device_map(weights, on):  # larger than one GPU: over all visible GPUs
+        if spread := device_map(weights, on):  # larger than one GPU: over all visible GPUs
             return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], device_map=spread).eval()
         return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(on).eval()
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:

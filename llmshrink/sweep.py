@@ -378,8 +378,8 @@ def plot(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 
 
 def frontier(out: str | Path, budget_ratio: float, revs: Iterable[str] = ()) -> pd.DataFrame:
-    """Collect the experiments (of the baselines `revs`, default HEAD), mark the Pareto frontier, write `<out>` (CSV), `<out>.md` and the plots under
-    `<out dir>/plots/frontier`."""
+    """Collect the experiments (of the baselines `revs`, default HEAD), mark the Pareto frontier, write `<out>`
+    (CSV), `<out>.md` and the plots under `<out dir>/plots/frontier`."""
     df = collect(revs)
     if df.empty:
         raise SystemExit("no finished experiment with final-checkpoint metrics in `dvc exp show`")
