@@ -39,6 +39,7 @@ def stage(name: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     record = {"stage": name, "seconds": round(time.perf_counter() - start, 2), "device": hardware.name(dev),
+              "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
               "peak_gpu_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0}
     print(f"{name}: {record['seconds']} s" + (f", peak GPU {record['peak_gpu_bytes'] / 2**30:.2f} GiB" if record["peak_gpu_bytes"] else ""))
     _record(record)

@@ -117,6 +117,24 @@ def test_changing_prune_layers_does_not_rescore(repo: Path) -> None:
     assert "prune.layers" in diff and "metrics/eval/depth.json" in diff
 
 
+def test_second_clone_reproduces_an_experiment_from_a_remote_run_cache(repo: Path, tmp_path: Path) -> None:
+    """One machine runs an experiment and pushes its outputs and run-cache to a (local-directory) remote; a second
+    clone pulls the run-cache and reproduces that recipe without running a stage: `--pull` fetches the outputs
+    a run-cache entry points at (a plain `dvc pull` fetches only those of the clone's own dvc.lock)."""
+    remote = tmp_path / "remote"
+    sh(repo, "dvc", "exp", "run", "-S", "prune.layers=1")  # cached already if the test above ran
+    sh(repo, "dvc", "remote", "add", "--local", "-d", "team", str(remote))
+    sh(repo, "dvc", "push", "--run-cache")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    sh(clone, "dvc", "remote", "add", "--local", "-d", "team", str(remote))
+    sh(clone, "dvc", "pull", "--run-cache")
+    out = sh(clone, "dvc", "exp", "run", "--pull", "-S", "prune.layers=1")
+    assert "Running stage" not in out
+    assert "Stage 'depth_prune' is cached - skipping run, checking out outputs" in out
+    assert params_file.read(clone / "models" / "depth" / "config.json")["num_hidden_layers"] == 7
+
+
 def test_explore_anchors_resolve_on_the_tiny_model(repo: Path) -> None:
     import csv
 
