@@ -77,7 +77,10 @@ def measure(ws: Path, jobs: int, gpus: int, resume: bool, timeout: float) -> dic
                                 "--format=csv,noheader,nounits", "-lms", "500"], stdout=open(smi_log, "w"),
                                start_new_session=True) if gpus else None
         state.write_text(json.dumps({"start": time.time(), "smi_pid": smi.pid if smi else None}))
-        run(["dvc", "queue", "start", "-j", str(jobs)], ws, env)
+        # not through a pipe: the detached workers inherit it, and reading it to its end waits for them
+        with open(ws / "queue-start.log", "w") as log:
+            subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=ws, env=env, check=True, stdout=log,
+                           stderr=subprocess.STDOUT)
     started = json.loads(state.read_text())
     deadline = time.time() + timeout
     states = queue_states(ws)

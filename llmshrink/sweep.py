@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 import matplotlib.pyplot as plt
 import pandas as pd
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
@@ -269,26 +270,48 @@ def _finished(show: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _committed(rev: str, path: str) -> dict[str, Any]:
-    """A metrics file as committed in `rev`, whole: DVC's own view of metrics drops lists (the 95% intervals)."""
+    """A metrics file (or dvc.lock) as committed in `rev`, whole: DVC's own view of metrics drops lists (the 95%
+    intervals)."""
     try:
-        return json.loads(_run(["git", "show", f"{rev}:{path}"]))
+        return yaml.safe_load(_run(["git", "show", f"{rev}:{path}"])) or {}
     except subprocess.CalledProcessError:
         return {}
 
 
+def _benchmarked(lock: dict[str, Any]) -> bool:
+    """Whether the `benchmark` entry of a dvc.lock measured the final checkpoint of that same lock: an experiment
+    that did not run the stage (`targets`) carries its baseline's benchmark.json, which measured another model."""
+    stages = lock.get("stages") or {}
+    final = next((str(o["md5"]) for o in (stages.get("eora") or {}).get("outs", []) if o["path"] == "models/eora"),
+                 None)
+    measured = [str(d["md5"]) for d in (stages.get("benchmark") or {}).get("deps", []) if d["path"] == "models/eora"]
+    return final is not None and measured == [final]
+
+
+def _evaluation(settings: dict[str, Any]) -> str:
+    """The evaluation a row's quality numbers come from: its `eval.*` and `data.*` params, with paths out of the
+    repository made absolute (as queued experiments get them)."""
+    keys = {k: v for k, v in settings.items() if k.split(".")[0] in ("eval", "data")}
+    return json.dumps({k: str((Path.cwd() / v).resolve()) if isinstance(v, str) and v.startswith("../") else v
+                       for k, v in keys.items()}, sort_keys=True)
+
+
 def collect(revs: Iterable[str] = ()) -> pd.DataFrame:
     """One row per finished experiment: `experiment`, the params that differ between experiments, `disk_bytes` and
-    its ratio to base, `decode_vs_base` (the final checkpoint's decode speed against base) and every quality
-    metric of the final checkpoint (`ppl_<text>`, `qa_exact_match`, `qa_match`, `<task>_acc`, `<task>_acc_norm`)
-    with `_lo` / `_hi` 95% bounds; experiments whose final metrics lack the evaluate layout are left out.
-    `revs`: the baseline commits whose experiments to read (`dvc exp show --rev`); none = HEAD's."""
+    its ratio to base, `decode_vs_base` (the final checkpoint's decode speed against base; empty where the
+    experiment did not run the benchmark) and every quality metric of the final checkpoint (`ppl_<text>`,
+    `qa_exact_match`, `qa_match`, `<task>_acc`, `<task>_acc_norm`) with `_lo` / `_hi` 95% bounds. Left out: experiments
+    whose final metrics lack the evaluate layout, and those evaluated otherwise (`eval.*`, `data.*`) than most
+    (typically a baseline commit on the default evaluation beside a sweep on a smaller one): their numbers are
+    not comparable. `revs`: the baseline commits whose experiments to read (`dvc exp show --rev`); none = HEAD's."""
     rows, settings = [], []
     show = ["dvc", "exp", "show", "--json"] + [arg for rev in revs for arg in ("--rev", rev)]
     for state in _finished(json.loads(_run(show))):
         final, base = _committed(state["rev"], FINAL), _committed(state["rev"], BASE)
         if not {"perplexity", "qa", "size"} <= final.keys():
             continue
-        speed = _committed(state["rev"], BENCHMARK).get("checkpoints", {}).get("eora", {})
+        fresh = _benchmarked(_committed(state["rev"], "dvc.lock"))
+        speed = _committed(state["rev"], BENCHMARK).get("checkpoints", {}).get("eora", {}) if fresh else {}
         disk, base_disk = final["size"]["disk_bytes"], base.get("size", {}).get("disk_bytes")
         row: dict[str, Any] = {"experiment": state["name"] or state["rev"][:7], "rev": state["rev"][:7],
                                "disk_bytes": disk, SIZE: disk / base_disk if base_disk else float("nan"),
@@ -297,9 +320,16 @@ def collect(revs: Iterable[str] = ()) -> pd.DataFrame:
             row |= {key: value, f"{key}_lo": lo, f"{key}_hi": hi}
         rows.append(row)
         settings.append(_flatten(state["data"]["params"].get("params.yaml", {}).get("data", {})))
-    if not rows:
+    evaluations = [_evaluation(s) for s in settings]
+    common = max(set(evaluations), key=evaluations.count, default=None)
+    for row, evaluation in zip(rows, evaluations):
+        if evaluation != common:
+            print(f"left out {row['experiment']}: evaluated on other eval/data settings than the other experiments")
+    keep = [i for i, e in enumerate(evaluations) if e == common]
+    if not keep:
         return pd.DataFrame()
-    df, p = pd.DataFrame(rows), pd.DataFrame(settings)
+    df = pd.DataFrame([rows[i] for i in keep])
+    p = pd.DataFrame([settings[i] for i in keep])
     differing = [c for c in p.columns if p[c].astype(str).nunique(dropna=False) > 1]
     return pd.concat([df[["experiment"]], p[differing], df.drop(columns="experiment")], axis=1)
 
@@ -341,7 +371,8 @@ def markdown(df: pd.DataFrame, budget_ratio: float, best: pd.Series | None) -> s
     lines = ["| experiment | " + " | ".join([*settings, "disk vs base", "decode vs base", *keys]) + " |",
              "|" + " --- |" * (len(settings) + len(keys) + 3)]
     for _, r in df[df["pareto"]].sort_values(SIZE).iterrows():
-        cells = [*(str(r[c]) for c in settings), f"{r[SIZE]:.3f}", f"{r['decode_vs_base']:.2f}",
+        cells = [*(str(r[c]) for c in settings), f"{r[SIZE]:.3f}",
+                 f"{r['decode_vs_base']:.2f}" if pd.notna(r["decode_vs_base"]) else "-",
                  *(f"{r[k]:.4g} [{r[f'{k}_lo']:.4g}, {r[f'{k}_hi']:.4g}]" for k in keys)]
         lines.append(f"| {r['experiment']} | " + " | ".join(cells) + " |")
     primary = keys[0] if keys else "-"

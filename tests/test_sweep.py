@@ -228,14 +228,19 @@ def exp_range(state: dict[str, Any], executor: str | None) -> dict[str, Any]:
             "executor": executor and {"state": executor, "name": "dvc-task", "local": local}}
 
 
-def files(disk: int, ppl: float, acc: float, decode: float) -> dict[str, Any]:
-    return {sweep.FINAL: evaluation(disk, ppl, acc), sweep.BASE: evaluation(1000, 10.0, 0.5),
+def files(disk: int, ppl: float, acc: float, decode: float, benchmarked: str) -> dict[str, Any]:
+    """The committed files of one commit; its dvc.lock's benchmark measured the model hashed `benchmarked`."""
+    lock = {"stages": {"eora": {"outs": [{"path": "models/eora", "md5": f"{disk}.dir"}]},
+                       "benchmark": {"deps": [{"path": "models/base", "md5": "base.dir"},
+                                              {"path": "models/eora", "md5": benchmarked}]}}}
+    return {sweep.FINAL: evaluation(disk, ppl, acc), sweep.BASE: evaluation(1000, 10.0, 0.5), "dvc.lock": lock,
             sweep.BENCHMARK: {"machine": {"device": "cpu"},
                               "checkpoints": {"base": {"decode_vs_base": 1.0}, "eora": {"decode_vs_base": decode}}}}
 
 
-COMMITTED = {"b" * 40: files(1000, 10.0, 0.5, 1.0), "1" * 40: files(300, 14.0, 0.3, 1.8),
-             "2" * 40: files(500, 12.0, 0.45, 1.4), "3" * 40: files(600, 13.0, 0.4, 1.3)}
+# the last experiment did not run the benchmark: it carries the baseline's, which measured another model
+COMMITTED = {"b" * 40: files(1000, 10.0, 0.5, 1.0, "1000.dir"), "1" * 40: files(300, 14.0, 0.3, 1.8, "300.dir"),
+             "2" * 40: files(500, 12.0, 0.45, 1.4, "500.dir"), "3" * 40: files(600, 13.0, 0.4, 1.0, "1000.dir")}
 
 
 @pytest.fixture
@@ -270,6 +275,7 @@ def test_collect_one_row_per_finished_experiment(dvc_exp_show: list[dict[str, An
     assert [c for c in df.columns if "." in c] == ["prune.layers", "wanda.pattern"]  # only params that differ
     assert df.loc["L4-2_4", "disk_bytes"] == 300 and df.loc["L4-2_4", "disk_bytes_vs_base"] == pytest.approx(0.3)
     assert df.loc["L4-2_4", "decode_vs_base"] == pytest.approx(1.8) and df.loc["L4-2_4", "rev"] == "1111111"
+    assert pd.isna(df.loc["L2-1_8", "decode_vs_base"])  # its benchmark.json measured the baseline's model
     assert (df.loc["L2-2_4", ["ppl_news", "ppl_news_lo", "ppl_news_hi"]] == [12.0, 11.0, 13.0]).all()
     assert df.loc["L2-2_4", ["qa_match", "qa_match_lo", "qa_match_hi"]].tolist() == pytest.approx([0.55, 0.5, 0.6])
     assert df.loc["L2-1_8", "arc_easy_acc_norm_hi"] == pytest.approx(0.5)
@@ -284,6 +290,16 @@ def test_collect_reads_the_given_baselines(dvc_exp_show: list[dict[str, Any]],
     monkeypatch.setattr(sweep, "_run", lambda cmd: calls.append(cmd) or run(cmd))
     assert len(sweep.collect(["abc1234", "main"])) == len(sweep.collect()) == 4
     assert [c[4:] for c in calls if c[:2] == ["dvc", "exp"]] == [["--rev", "abc1234", "--rev", "main"], []]
+
+
+def test_collect_leaves_out_rows_evaluated_otherwise(dvc_exp_show: list[dict[str, Any]],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A baseline evaluated on more windows than its sweep's experiments is not comparable with them."""
+    dvc_exp_show[1]["data"]["params"]["params.yaml"]["data"]["eval"] = {"max_windows": 33}
+    df = sweep.collect()
+    assert list(df["experiment"]) == ["L4-2_4", "L2-2_4", "L2-1_8"]
+    assert "left out main" in capsys.readouterr().out
+    assert "eval.max_windows" not in df.columns
 
 
 def test_frontier_writes_csv_summary_and_plots(dvc_exp_show: list[dict[str, Any]], tmp_path: Path) -> None:
