@@ -212,7 +212,8 @@ GPU_KERNELS = ("gptq_triton", "gptq_torch")  # work offline; GPTQModel's automat
 
 def _load_quantized(path: Path, dtype: str, on: torch.device) -> PreTrainedModel:
     """A GPTQ checkpoint through GPTQModel; on a GPU the first kernel of `GPU_KERNELS` that loads, recorded as
-    the model's `gptq_kernel` attribute (on a CPU GPTQModel's own choice)."""
+    the model's `gptq_kernel` attribute (on a CPU GPTQModel's own choice, in bfloat16 where it has no float32
+    kernel for the checkpoint's bits)."""
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")  # GPTQModel's CPU pool; its default fails on 2 cores
     from gptqmodel import BACKEND, GPTQModel
     from gptqmodel.adapter.adapter import Lora
@@ -222,8 +223,11 @@ def _load_quantized(path: Path, dtype: str, on: torch.device) -> PreTrainedModel
         rank = json.loads((path / ADAPTER_DIR / "adapter_config.json").read_text())["r"]
         adapter = Lora(rank=rank, path=str((path / ADAPTER_DIR).resolve()))
     torch_dtype = "auto" if dtype == "auto" else DTYPES[dtype]
+    attempts = [(kernel, torch_dtype) for kernel in (GPU_KERNELS if on.type == "cuda" else ("auto",))]
+    if on.type != "cuda" and torch_dtype == torch.float32:
+        attempts.append(("auto", torch.bfloat16))  # GPTQModel's CPU kernel for 8 bits computes in 16-bit only
     errors = []
-    for kernel in GPU_KERNELS if on.type == "cuda" else ("auto",):
+    for kernel, torch_dtype in attempts:
         try:
             model = GPTQModel.load(str(path), adapter=adapter, device=on.type, dtype=torch_dtype,
                                    backend=BACKEND(kernel)).model.eval()

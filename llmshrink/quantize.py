@@ -99,7 +99,9 @@ def sparsity_kept(quantized: str | Path, source: str | Path) -> dict[str, float 
     """Over the linear layers GPTQ quantized: the share of weights that are exactly 0 in the unquantized checkpoint
     `source` (`source_sparsity`) and the share of those that dequantize to exactly 0 in `quantized` (`mask_kept`,
     None when `source` has no zeros there)."""
-    model = models.load(quantized, "float32", torch.device("cpu"))
+    # bfloat16: a weight whose code equals its zero point dequantizes to exactly 0 in any dtype, and GPTQModel's
+    # CPU kernel for 8 bits has no float32
+    model = models.load(quantized, "bfloat16", torch.device("cpu"))
     dense = dict(models.load(source, "float32", torch.device("cpu")).named_modules())
     zeros = kept = weights = 0
     for name, module in model.named_modules():

@@ -124,7 +124,7 @@ def test_second_clone_reproduces_an_experiment_from_a_remote_run_cache(repo: Pat
     remote = tmp_path / "remote"
     sh(repo, "dvc", "exp", "run", "-S", "prune.layers=1")  # cached already if the test above ran
     sh(repo, "dvc", "remote", "add", "--local", "-d", "team", str(remote))
-    sh(repo, "dvc", "push", "--run-cache")
+    sh(repo, "dvc", "push", "--run-cache", "--all-commits")  # HEAD's outputs too: the clone's `dvc pull` wants them
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
     sh(clone, "dvc", "remote", "add", "--local", "-d", "team", str(remote))
