@@ -3,20 +3,19 @@ and with `-j <GPUs>` under `LLMSHRINK_GPU_LOCKS`, each in its own fresh reposito
 between the two), on a random model of a real Llama shape with the GPU profile.
 
     python benchmarks/multigpu.py --jobs 2 --assets device     # then --jobs 1
-    python benchmarks/multigpu.py --jobs 1 --resume            # a run longer than one call: wait for it again
 
 The shared upstream (prepare_model, prepare_data, score_layers) is reproduced and committed before the clock
 starts, so each experiment does the same work: depth_prune, width_prune, lora, evaluate@lora. The wall time runs
 from `dvc queue start` to the last experiment's end. nvidia-smi is sampled meanwhile for every GPU's memory and
 utilisation, and each stage's timing record says which GPU it ran on. Each call merges its run into `--out`;
-once both are there it holds the speedup.
+once both are there it holds the speedup. A run must finish within one call of a lent machine: the queue's
+workers end with the call.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -65,36 +64,28 @@ def gpu_samples(log: Path) -> dict[str, dict[str, float]]:
             for gpu, s in per.items()}
 
 
-def measure(ws: Path, jobs: int, gpus: int, resume: bool, timeout: float) -> dict[str, Any] | None:
-    """`dvc queue start -j jobs` until the queue is empty: wall seconds, experiment outcomes, per-GPU use. The
-    workers and the nvidia-smi sampler are detached, so a run longer than one call goes on: with `resume`, wait
-    for the run already started (its start time is kept in the workspace). None when `timeout` passes first."""
-    timings, smi_log, state = ws / "timings.jsonl", ws / "nvidia-smi.csv", ws / "measure.json"
-    if not resume:
-        env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings), hardware.GPU_LOCKS: str(ws / ".gpu-locks"),
-               "GPTQMODEL_DISABLE_GPTQ_CUDA": "1"}
+def measure(ws: Path, jobs: int, gpus: int) -> dict[str, Any]:
+    """`dvc queue start -j jobs` until the queue is empty: wall seconds, experiment outcomes, per-GPU use."""
+    timings, smi_log = ws / "timings.jsonl", ws / "nvidia-smi.csv"
+    env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings), hardware.GPU_LOCKS: str(ws / ".gpu-locks"),
+           "GPTQMODEL_DISABLE_GPTQ_CUDA": "1"}
+    with open(smi_log, "w") as log:
         smi = subprocess.Popen(["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used",
-                                "--format=csv,noheader,nounits", "-lms", "500"], stdout=open(smi_log, "w"),
-                               start_new_session=True) if gpus else None
-        state.write_text(json.dumps({"start": time.time(), "smi_pid": smi.pid if smi else None}))
-        # not through a pipe: the detached workers inherit it, and reading it to its end waits for them
-        with open(ws / "queue-start.log", "w") as log:
-            subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=ws, env=env, check=True, stdout=log,
+                                "--format=csv,noheader,nounits", "-lms", "500"], stdout=log) if gpus else None
+        start = time.perf_counter()
+        # not through a pipe: the detached workers inherit it, and reading it to its end would wait for them
+        with open(ws / "queue-start.log", "w") as out:
+            subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=ws, env=env, check=True, stdout=out,
                            stderr=subprocess.STDOUT)
-    started = json.loads(state.read_text())
-    deadline = time.time() + timeout
-    states = queue_states(ws)
-    while "Queued" in states or "Running" in states:
-        if time.time() > deadline:
-            print(f"not finished after {timeout:.0f} s: the queue goes on; wait for it with --resume")
-            return None
-        time.sleep(2)
         states = queue_states(ws)
-    wall = time.time() - started["start"]
-    if started["smi_pid"]:
-        os.kill(started["smi_pid"], signal.SIGTERM)
+        while "Queued" in states or "Running" in states:
+            time.sleep(2)
+            states = queue_states(ws)
+        wall = time.perf_counter() - start
+        if smi:
+            smi.terminate()
     records = [json.loads(line) for line in timings.read_text().splitlines() if line.strip()] if timings.exists() else []
-    per_gpu = gpu_samples(smi_log) if smi_log.exists() else {}
+    per_gpu = gpu_samples(smi_log)
     for r in records:
         if "peak_gpu_bytes" in r and r.get("gpu") in per_gpu:
             g = per_gpu[r["gpu"]]
@@ -112,17 +103,12 @@ def main() -> None:
     parser.add_argument("--assets", type=Path, required=True, help="tokenizer/ and data/, as for gpu_pipeline.py")
     parser.add_argument("--grid", type=Path, default=GRID)
     parser.add_argument("--work", type=Path, default=Path("/tmp/llmshrink-multigpu"))
-    parser.add_argument("--resume", action="store_true", help="wait for the run an earlier call started")
-    parser.add_argument("--timeout", type=float, default=float("inf"), help="stop waiting after this many seconds")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "multigpu.json")
     args = parser.parse_args()
     ws = args.work / f"j{args.jobs}"
-    if not args.resume:
-        prepare(args.shape, args.assets, ws, args.grid.resolve())
+    prepare(args.shape, args.assets, ws, args.grid.resolve())
     gpus = hardware.gpu_count()
-    result = measure(ws, args.jobs, gpus, args.resume, args.timeout)
-    if result is None:
-        sys.exit(3)
+    result = measure(ws, args.jobs, gpus)
     out = json.loads(args.out.read_text()) if args.out.exists() else {}
     runs = {**out.get("runs", {}), str(args.jobs): result}
     out = {"gpus": gpus, "experiments": result["experiments"], "shape": args.shape,

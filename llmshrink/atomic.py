@@ -6,6 +6,7 @@ work of libraries (GPTQModel's offload folder) goes to a sibling `scratch` folde
 from __future__ import annotations
 
 import json
+import getpass
 import os
 import shutil
 import tempfile
@@ -68,16 +69,22 @@ def scratch(path: str | Path) -> Iterator[Path]:
     folder = (path.parent / f".{path.name}.scratch").resolve()
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    # torch.compile's cache stays where it was: it outlives the block (a later compile in this process reuses
+    # paths it remembers, such as its precompiled headers)
+    inductor = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+    saved = {k: os.environ.get(k) for k in ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR")}
+    saved_tempdir = tempfile.tempdir
     tempfile.tempdir, os.environ["TMPDIR"] = str(folder), str(folder)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor)
     try:
         yield folder
     finally:
-        tempfile.tempdir = saved[0]
-        if saved[1] is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved[1]
+        tempfile.tempdir = saved_tempdir
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         shutil.rmtree(folder, ignore_errors=True)
 
 

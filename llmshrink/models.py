@@ -259,13 +259,21 @@ def _canonical(obj: Any) -> Any:
     return obj
 
 
+def _has_unstable_keys(obj: Any) -> bool:
+    if isinstance(obj, dict):
+        return any(k in SORTED_LISTS + VOLATILE_KEYS or _has_unstable_keys(v) for k, v in obj.items())
+    return isinstance(obj, list) and any(map(_has_unstable_keys, obj))
+
+
 def canonicalize(out_dir: str | Path) -> None:
     """Make a checkpoint folder a pure function of its inputs: no temporary paths or set-ordered lists in its
     JSON files, and GPTQModel's quant_log.csv sorted by layer and module, without its wall-time column."""
     for file in Path(out_dir).rglob("*.json"):
         obj = json.loads(file.read_text(encoding="utf-8"))
         canonical = _canonical(obj)
-        if canonical != obj:
+        # rewritten whenever it holds such a key, not only when the order differs: the text must not depend on
+        # whether the set happened to come out sorted (peft writes no final newline)
+        if canonical != obj or _has_unstable_keys(obj):
             file.write_text(json.dumps(canonical, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log = Path(out_dir) / "quant_log.csv"
     if log.is_file():

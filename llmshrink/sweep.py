@@ -3,6 +3,7 @@ size-quality frontier over the finished experiments.
 
     python -m llmshrink.sweep queue sweeps/thesis.yaml [-j N] [--start] [--dry-run]
     python -m llmshrink.sweep frontier [--out metrics/frontier.csv] [--budget 0.5]
+    python -m llmshrink.sweep push-run-cache [-r REMOTE]
 
 A grid: `params` maps a dotted param to its list of values (the product is swept), `exclude` lists partial
 assignments (a combination matching every key of one is dropped), `fixed` maps params set in every experiment.
@@ -239,6 +240,26 @@ def queue(grid_path: str | Path, jobs: int = 1, run: bool = False, dry_run: bool
     return cmds
 
 
+# --- run-cache through a remote ------------------------------------------------------------------------------
+
+def push_run_cache(remote: str | None = None) -> tuple[int, int]:
+    """`dvc push --run-cache` plus the outputs its entries point at; returns (entries, objects pushed). DVC 3's own
+    push sends the entries but only the outputs of the pushed revisions, and never a git-tracked (`cache: false`)
+    output such as each stage's metrics file: another machine then finds an entry whose objects no remote has and
+    reruns the stage. Its `dvc exp run --pull` / `dvc repro --pull` fetches them."""
+    from dvc.repo import Repo
+
+    repo = Repo()
+    entries = repo.stage_cache.push(remote)
+    pushed = failed = 0
+    for objs in repo.stage_cache.get_used_objs(entries).values():
+        result = repo.cloud.push(objs, remote=remote)
+        pushed, failed = pushed + len(result.transferred), failed + len(result.failed)
+    if failed:
+        raise SystemExit(f"{failed} objects of the run-cache are not in the local cache; push from the machine that ran them")
+    return len(entries), pushed
+
+
 # --- frontier -------------------------------------------------------------------------------------------------
 
 def _run(cmd: list[str]) -> str:
@@ -432,6 +453,8 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("-j", "--jobs", type=int, default=1, help="queue workers for --start (1 on a 2-core CPU)")
     q.add_argument("--start", action="store_true", help="then run `dvc queue start -j JOBS`")
     q.add_argument("--dry-run", action="store_true", help="print the commands only")
+    r = sub.add_parser("push-run-cache", help="dvc push --run-cache, with the outputs the entries point at")
+    r.add_argument("-r", "--remote", default=None, help="DVC remote (default: the default remote)")
     f = sub.add_parser("frontier", help="size-quality frontier of the finished experiments")
     f.add_argument("--out", default="metrics/frontier.csv", help="CSV to write; the summary goes beside it as .md")
     f.add_argument("--budget", type=float, default=0.5, help="disk size budget as a ratio to base")
@@ -441,6 +464,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "queue":
             queue(args.grid, args.jobs, args.start, args.dry_run)
+        elif args.command == "push-run-cache":
+            entries, objects = push_run_cache(args.remote)
+            print(f"{entries} run-cache entries and {objects} objects they point at pushed")
         else:
             df = frontier(args.out, args.budget, args.rev)
             print(Path(args.out).with_suffix(".md").read_text(encoding="utf-8"), end="")

@@ -44,10 +44,13 @@ def test_outputs_get_the_umask_permissions(tmp_path: Path) -> None:
 
 
 def test_scratch_is_the_temporary_directory_and_is_removed(tmp_path: Path) -> None:
-    before = tempfile.gettempdir()
+    before, inductor = tempfile.gettempdir(), os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with pytest.raises(ValueError):
         with scratch(tmp_path / "eora") as work:
             assert tempfile.gettempdir() == str(work) == os.environ["TMPDIR"] and work.is_absolute()
+            # torch.compile's cache outlives the block: a later compile in this process reuses its paths
+            assert os.environ["TORCHINDUCTOR_CACHE_DIR"].startswith(before)
             tempfile.mkdtemp(prefix="gptqmodel_")  # what GPTQModel's offload does
             raise ValueError("EoRA failed")
     assert not work.exists() and tempfile.gettempdir() == before and list(tmp_path.iterdir()) == []
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") == inductor

@@ -119,3 +119,19 @@ def test_truncated_weights_fail_naming_the_checkpoint(tiny_dir: Path, tmp_path: 
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # what a killed copy leaves
     with pytest.raises(RuntimeError, match=r"could not load the checkpoint .*broken \(incomplete or corrupt"):
         models.load(broken)
+
+
+def test_canonical_metadata_does_not_depend_on_set_order(tmp_path: Path) -> None:
+    """peft writes `target_modules` (a set) in hash order and without a final newline: two runs whose sets came
+    out in different orders, one of them already sorted, end up byte-identical; a temporary path is dropped."""
+    import json
+
+    texts = [json.dumps({"r": 8, "target_modules": modules, "offload_to_disk_path": f"/tmp/{i}"}, indent=2,
+                        sort_keys=True) for i, modules in enumerate([["k_proj", "q_proj"], ["q_proj", "k_proj"]])]
+    for i, text in enumerate(texts):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "adapter_config.json").write_text(text)
+        models.canonicalize(tmp_path / str(i))
+    first, second = ((tmp_path / str(i) / "adapter_config.json").read_bytes() for i in range(2))
+    assert first == second and first.endswith(b"\n")
+    assert json.loads(first) == {"r": 8, "target_modules": ["k_proj", "q_proj"]}
