@@ -9,6 +9,7 @@ import json
 import getpass
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,8 +70,10 @@ def scratch(path: str | Path) -> Iterator[Path]:
     folder = (path.parent / f".{path.name}.scratch").resolve()
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    # torch.compile's cache stays where it was: it outlives the block (a later compile in this process reuses
-    # paths it remembers, such as its precompiled headers)
+    # torch.compile's cache stays where it was: it outlives the block, and its precompiled-header folder is fixed
+    # from the temporary directory when torch._inductor.codecache is first imported, so import that first
+    if "torch" in sys.modules:
+        import torch._inductor.codecache  # noqa: F401
     inductor = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
     saved = {k: os.environ.get(k) for k in ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR")}
     saved_tempdir = tempfile.tempdir

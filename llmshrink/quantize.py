@@ -23,9 +23,6 @@ from typing import Any, Iterator
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
 import torch
-# torch.compile fixes its precompiled-header folder from the temporary directory when this is first imported:
-# import it before `scratch` points that directory at a folder it removes afterwards
-import torch._inductor.codecache  # noqa: F401
 from transformers import AutoTokenizer
 
 from llmshrink import hardware, models
