@@ -5,7 +5,7 @@ between the two), on a random model of a real Llama shape with the GPU profile.
     python benchmarks/multigpu.py --jobs 2 --assets device     # then --jobs 1
 
 The shared upstream (prepare_model, prepare_data, score_layers) is reproduced and committed before the clock
-starts, so each experiment does the same work: depth_prune, width_prune, lora, evaluate@lora. The wall time runs
+starts, so each experiment does the same work: depth_prune, width_prune, evaluate@width. The wall time runs
 from `dvc queue start` to the last experiment's end. nvidia-smi is sampled meanwhile for every GPU's memory and
 utilisation, and each stage's timing record says which GPU it ran on. Each call merges its run into `--out`;
 once both are there it holds the speedup. A run must finish within one call of a lent machine: the queue's
