@@ -114,7 +114,7 @@ def main() -> None:
     out = {"gpus": gpus, "experiments": result["experiments"], "shape": args.shape,
            "device": run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], ROOT).splitlines()[0] if gpus else "cpu",
            "grid": str(args.grid), "runs": runs}
-    if "1" in runs and str(gpus) in runs:
+    if runs.get("1", {}).get("wall_seconds") and runs.get(str(gpus), {}).get("wall_seconds"):
         out |= {"wall_seconds_parallel": runs[str(gpus)]["wall_seconds"],
                 "wall_seconds_one_gpu": runs["1"]["wall_seconds"],
                 "speedup": round(runs["1"]["wall_seconds"] / runs[str(gpus)]["wall_seconds"], 3)}
