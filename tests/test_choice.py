@@ -180,3 +180,22 @@ def test_score_stock_orders_items_and_fills_acc_norm(monkeypatch: pytest.MonkeyP
     assert calls == [["boolq", "arc_easy"]]
     assert out["boolq"] == ([{"acc": 0, "acc_norm": 0}, {"acc": 1, "acc_norm": 1}], 0.5)
     assert out["arc_easy"] == ([{"acc": 1, "acc_norm": 0}], 0.25)
+
+
+def test_batched_hflm_gives_stock_hflm_loglikelihoods(tiny, arc_items):
+    """The batched log-likelihoods equal lm-eval's own HFLM on the same requests (trailing spaces in the context,
+    several batch sizes), up to float32 noise from other padding widths; the greedy flags are the same."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, tokenizer = tiny
+    requests = [Instance("loglikelihood", {}, (item["query"] + " " * (k % 2), " " * (1 - k % 2) + text), k)
+                for item in arc_items for k, text in enumerate(item["choices"])]
+    requests.append(Instance("loglikelihood", {}, ("The", " the the the the"), 0))  # a likely greedy match
+    stock = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4).loglikelihood(requests, disable_tqdm=True)
+    for batch_size in (1, 5, 64):
+        lm = choice.harness.batched_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        got = lm.loglikelihood(requests, disable_tqdm=True)
+        assert [g for _, g in got] == [g for _, g in stock]
+        np.testing.assert_allclose([ll for ll, _ in got], [ll for ll, _ in stock], rtol=1e-5, atol=1e-4)
+    assert len({round(ll, 3) for ll, _ in stock}) > len(requests) // 2  # distinct values: the test can fail
