@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -81,24 +82,40 @@ def set_params(path: Path, sets: list[str]) -> None:
 @torch.no_grad()
 def eval_throughput(model: torch.nn.Module, seq_len: int = 2048, batch: int = 16, batches: int = 8) -> dict[str, float]:
     """Perplexity-scoring tokens/s of a model (the evaluator's own `window_nll`) and its share of the bf16
-    roofline: 2 x parameters x tokens/s against the datasheet peak and against a measured matmul."""
+    roofline: 2 x parameters x tokens/s against the datasheet peak and against a measured matmul. Then, in the same
+    process, the same with every decoder layer compiled (`torch.compile`, regional): its tokens/s, roofline share
+    and compile seconds, under `compiled_layers` (the evaluator does not compile)."""
     dev = model.device
     params = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(0)
     chunks = list(torch.randint(0, model.config.vocab_size, (batch * batches, seq_len), generator=g))
-    window_nll(model, chunks[:batch], batch, progress=False)  # warm-up
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    window_nll(model, chunks, batch, progress=False)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    tok_s = len(chunks) * seq_len / (time.perf_counter() - start)
+
+    def timed(run: Any) -> float:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def tok_s() -> float:
+        return len(chunks) * seq_len / timed(lambda: window_nll(model, chunks, batch, progress=False))
+
     mm = matmul_peak(dev)
-    flops = 2 * params * tok_s
-    return {"eval_tok_s": tok_s, "params": params, "model_flop_s": flops, "matmul_peak_flop_s": mm,
-            "roofline_share": flops / H200_BF16_DENSE_PEAK if dev.type == "cuda" else flops / mm,
-            "matmul_share": flops / mm}
+    peak = H200_BF16_DENSE_PEAK if dev.type == "cuda" else mm
+    timed(lambda: window_nll(model, chunks[:batch], batch, progress=False))  # warm-up
+    eager = tok_s()
+    out = {"eval_tok_s": eager, "params": params, "model_flop_s": 2 * params * eager, "matmul_peak_flop_s": mm,
+           "roofline_share": 2 * params * eager / peak, "matmul_share": 2 * params * eager / mm}
+    if dev.type == "cuda":
+        for layer in model.get_decoder().layers:
+            layer.compile()
+        compile_s = timed(lambda: window_nll(model, chunks[:batch], batch, progress=False))
+        compiled = tok_s()
+        out["compiled_layers"] = {"eval_tok_s": compiled, "roofline_share": 2 * params * compiled / peak,
+                                  "matmul_share": 2 * params * compiled / mm, "compile_seconds": round(compile_s, 1)}
+    return out
 
 
 def matmul_peak(dev: torch.device, n: int = 8192, reps: int = 20) -> float:
@@ -169,9 +186,12 @@ def main() -> None:
     env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings), "GPTQMODEL_DISABLE_GPTQ_CUDA": "1",
            "PYTHONPATH": os.pathsep.join([str(ws), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
+    repro = subprocess.Popen(["dvc", "repro"], cwd=ws, env=env, start_new_session=True)
     try:
-        ok = subprocess.run(["dvc", "repro"], cwd=ws, env=env, timeout=args.timeout).returncode == 0
-    except subprocess.TimeoutExpired:
+        ok = repro.wait(timeout=args.timeout) == 0
+    except subprocess.TimeoutExpired:  # the stage process too, so that it frees the GPU
+        os.killpg(repro.pid, signal.SIGKILL)
+        repro.wait()
         ok = False
     total = time.perf_counter() - start
     run = {"shape": args.shape, "device": hardware.name(hardware.device()), "ok": ok,

@@ -194,6 +194,8 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
         weights = weights * DTYPES[dtype].itemsize // DTYPES.get(saved_dtype(path), torch.float32).itemsize
         if spread := device_map(weights, on):  # larger than one GPU: over all visible GPUs
             return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], device_map=spread).eval()
+        if on.type == "cuda":  # straight onto the GPU, no copy through host memory
+            return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], device_map={"": on}).eval()
         return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(on).eval()
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:
         raise RuntimeError(f"could not load the checkpoint {path} (incomplete or corrupt? rerun the stage "

@@ -25,7 +25,7 @@ os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 import torch
 from transformers import AutoTokenizer
 
-from llmshrink import hardware, models
+from llmshrink import hardware, models, timing
 from llmshrink.atomic import atomic_dir, scratch
 from llmshrink.calib import token_windows
 from llmshrink.params import Eora, Gptq
@@ -95,20 +95,21 @@ def zeros_kept() -> Iterator[None]:
 
 
 @torch.no_grad()
-def sparsity_kept(quantized: str | Path, source: str | Path) -> dict[str, float | None]:
+def sparsity_kept(quantized: str | Path, source: str | Path, on: torch.device | None = None) -> dict[str, float | None]:
     """Over the linear layers GPTQ quantized: the share of weights that are exactly 0 in the unquantized checkpoint
     `source` (`source_sparsity`) and the share of those that dequantize to exactly 0 in `quantized` (`mask_kept`,
-    None when `source` has no zeros there)."""
+    None when `source` has no zeros there). Both load on `on` (default `hardware.device()`)."""
+    on = on or hardware.device()
     # bfloat16: a weight whose code equals its zero point dequantizes to exactly 0 in any dtype, and GPTQModel's
-    # CPU kernel for 8 bits has no float32
-    model = models.load(quantized, "bfloat16", torch.device("cpu"))
-    dense = dict(models.load(source, "float32", torch.device("cpu")).named_modules())
+    # CPU kernel for 8 bits has no float32; the source in its stored dtype, so no cast moves a weight to or from 0
+    model = models.load(quantized, "bfloat16", on)
+    dense = dict(models.load(source, models.saved_dtype(source), on).named_modules())
     zeros = kept = weights = 0
     for name, module in model.named_modules():
         if hasattr(module, "qweight") and hasattr(module, "dequantize_weight"):
             pruned = dense[name].weight == 0
             zeros, weights = zeros + int(pruned.sum()), weights + pruned.numel()
-            kept += int((module.dequantize_weight().T.float().cpu()[pruned] == 0).sum())
+            kept += int((module.dequantize_weight().T.to(pruned.device)[pruned] == 0).sum())
     return {"source_sparsity": zeros / weights, "mask_kept": kept / zeros if zeros else None}
 
 
@@ -128,18 +129,23 @@ def gptq(src: str | Path, out: str | Path, p: Gptq, text: str, seed: int, on: to
         offload = dtype == hardware.DTYPES[keep]
         config = QuantizeConfig(**{k: getattr(p, k) for k in QUANT_KEYS}, offload_to_disk=offload,
                                 offload_to_disk_path=str(work / "offload") if offload else None)
-        model = GPTQModel.load(str(src), config, device=on.type, dtype=dtype)
-        with zeros_kept() if p.keep_sparsity else nullcontext():
+        with timing.part("quantize/load"):
+            model = GPTQModel.load(str(src), config, device=on.type, dtype=dtype)
+        with timing.part("quantize/gptq"), zeros_kept() if p.keep_sparsity else nullcontext():
             model.quantize(calib, batch_size=CALIB_BATCH)
         if not offload:  # the unquantized tensors (embeddings, norms) as stored in `src`; scales stay float16
             for t in (*model.model.parameters(), *model.model.buffers()):
                 if t.dtype == dtype:
                     t.data = t.data.to(hardware.DTYPES[keep])
-        model.save(str(tmp))
-        models.canonicalize(tmp)
+        with timing.part("quantize/save"):
+            model.save(str(tmp))
+            models.canonicalize(tmp)
+    del model
+    with timing.part("quantize/sparsity_check"):
+        kept = sparsity_kept(out, src, on)
     settings = {k: getattr(p, k) for k in (*QUANT_KEYS, "keep_sparsity", "samples", "seq_len")}
     return {"enabled": True, **settings, "device": hardware.name(on),
-            "bytes": models.dir_bytes(out), "source_bytes": models.dir_bytes(src), **sparsity_kept(out, src)}
+            "bytes": models.dir_bytes(out), "source_bytes": models.dir_bytes(src), **kept}
 
 
 def eora(reference: str | Path, quantized: str | Path, out: str | Path, p: Eora, text: str, seed: int,
