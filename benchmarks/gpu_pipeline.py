@@ -134,7 +134,8 @@ def matmul_peak(dev: torch.device, n: int = 8192, reps: int = 20) -> float:
 
 def stage_table(timings: Path) -> dict[str, Any]:
     """Per-stage seconds and peak GPU memory from a `LLMSHRINK_TIMINGS` file (a stage run twice: its last run),
-    their sum, and the evaluation's parts (perplexity / QA / multiple choice) summed over checkpoints."""
+    their sum, and the parts of stages (evaluation: perplexity / QA / multiple choice, summed over checkpoints;
+    quantize: load / GPTQ / save / zero-mask check)."""
     stages: dict[str, dict[str, float]] = {}
     parts: dict[str, float] = {}
     for line in timings.read_text().split("\n") if timings.exists() else []:
@@ -145,15 +146,20 @@ def stage_table(timings: Path) -> dict[str, Any]:
             else:
                 parts[r["stage"]] = round(parts.get(r["stage"], 0.0) + r["seconds"], 2)
     return {"total_seconds": round(sum(s["seconds"] for s in stages.values()), 1), "stages": stages,
-            "evaluation_parts_seconds": parts}
+            "stage_parts_seconds": parts}
 
 
 def write_run(out: Path, run: dict[str, Any]) -> None:
-    """Merge `run` into `out`, replacing the run of the same shape, and print it."""
+    """Merge `run` into `out`, replacing the run of the same shape, and print it. An unfinished run (`ok` false)
+    does not replace a finished one: it goes to `unfinished`, replacing an unfinished run of its shape there."""
     previous = json.loads(out.read_text()) if out.exists() else {"runs": []}
-    runs = [r for r in previous["runs"] if r["shape"] != run["shape"]] + [run]
+    runs, unfinished = previous["runs"], previous.get("unfinished", [])
+    if run.get("ok") or not any(r["shape"] == run["shape"] and r.get("ok") for r in runs):
+        runs = [r for r in runs if r["shape"] != run["shape"]] + [run]
+    else:
+        unfinished = [r for r in unfinished if r["shape"] != run["shape"]] + [run]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    out.write_text(json.dumps({"runs": runs, **({"unfinished": unfinished} if unfinished else {})}, indent=2) + "\n")
     print(json.dumps(run, indent=2))
 
 
