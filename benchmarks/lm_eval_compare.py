@@ -51,7 +51,7 @@ def wikitext(model: Any, tokenizer: Any, tm: Any, max_windows: int | None, n_doc
     (ppl_detok, tokens_detok), t_detok = timed(lambda: perplexity(model, chunks, batch_size))
 
     task = harness.local_task(tm, "wikitext", "test", docs_file)
-    res, t_lm = timed(lambda: harness.run(model, tokenizer, [task], tm, batch_size, max_length=SEQ_LEN,
+    res, t_lm = timed(lambda: harness.run(model, tokenizer, [task], tm, batch_size, max_length=SEQ_LEN, stock=True,
                                           limit=n_docs)["results"]["wikitext"])
     words = sum(len(re.split(r"\s+", d["page"])) for d in docs)
     nll = math.log(res["word_perplexity,none"]) * words
@@ -77,7 +77,7 @@ def triviaqa(model: Any, tokenizer: Any, tm: Any, n: int, batch_size: int) -> di
 
     task = harness.local_task(tm, "triviaqa", "validation", path)
     task["generation_kwargs"] = {**task["generation_kwargs"], "max_gen_toks": MAX_NEW_TOKENS}
-    out, t_lm = timed(lambda: harness.run(model, tokenizer, [task], tm, batch_size, limit=n))
+    out, t_lm = timed(lambda: harness.run(model, tokenizer, [task], tm, batch_size, limit=n, stock=True))
     samples = sorted(out["samples"]["triviaqa"], key=lambda s: s["doc_id"])
     answers = [s["filtered_resps"][0] for s in samples]
     lm_em = [float(s["exact_match"]) for s in samples]

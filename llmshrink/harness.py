@@ -110,12 +110,15 @@ def batched_hflm() -> type:
 
 
 def run(model: Any, tokenizer: Any, tasks: list[str | dict[str, Any]], task_manager: Any, batch_size: int,
-        max_length: int | None = None, limit: int | None = None) -> dict[str, Any]:
-    """`lm_eval.simple_evaluate` with lm-eval's `HFLM` (`batched_hflm`) wrapping the loaded `model`; the full
-    result (metrics under "results", per-document outputs under "samples")."""
+        max_length: int | None = None, limit: int | None = None, stock: bool = False) -> dict[str, Any]:
+    """`lm_eval.simple_evaluate` with lm-eval's `HFLM` (`batched_hflm`; `stock`: HFLM itself, for comparisons
+    with lm-eval as shipped) wrapping the loaded `model`; the full result (metrics under "results", per-document
+    outputs under "samples")."""
     import lm_eval
+    from lm_eval.models.huggingface import HFLM
 
-    lm = batched_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    backend = HFLM if stock else batched_hflm()
+    lm = backend(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
     return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=limit,
                                    bootstrap_iters=0, log_samples=True)
 

@@ -199,3 +199,14 @@ def test_batched_hflm_gives_stock_hflm_loglikelihoods(tiny, arc_items):
         assert [g for _, g in got] == [g for _, g in stock]
         np.testing.assert_allclose([ll for ll, _ in got], [ll for ll, _ in stock], rtol=1e-5, atol=1e-4)
     assert len({round(ll, 3) for ll, _ in stock}) > len(requests) // 2  # distinct values: the test can fail
+
+
+def test_harness_runs_the_batched_backend_unless_stock(tiny, monkeypatch):
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    backends = []
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda model, **kwargs: backends.append(type(model)))
+    for stock in (False, True):
+        choice.harness.run(*tiny, [], None, batch_size=2, stock=stock)
+    assert backends == [choice.harness.batched_hflm(), HFLM]
