@@ -46,12 +46,10 @@ def batched_hflm() -> type:
         def _encode_many(self, strings: list[str]) -> dict[str, list[int]]:
             """`tok_encode` of each distinct string, the tokenizer called once per special-token setting."""
             bos = self.tokenizer.decode(self.prefix_token_id)
+            default = _add_special_kwargs(None, self.add_bos_token).get("add_special_tokens")
             groups: dict[bool | None, list[str]] = {}
             for text in dict.fromkeys(strings):
-                kwargs = _add_special_kwargs(None, self.add_bos_token)
-                if has_bos_prefix(text, bos):
-                    kwargs["add_special_tokens"] = False
-                groups.setdefault(kwargs.get("add_special_tokens"), []).append(text)
+                groups.setdefault(False if has_bos_prefix(text, bos) else default, []).append(text)
             out: dict[str, list[int]] = {}
             for special, texts in groups.items():
                 kwargs = {} if special is None else {"add_special_tokens": special}
@@ -98,9 +96,9 @@ def batched_hflm() -> type:
                 logits = logits.reshape(-1, logits.shape[-1]).index_select(0, rows * width + cols)
                 logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
                 picked = logp.gather(1, targets[:, None])[:, 0].float()
-                sums = torch.zeros(len(idx), device=self.device).index_add_(0, rows, picked)
-                misses = torch.zeros(len(idx), device=self.device).index_add_(0, rows, (logp.argmax(-1) != targets).float())
-                for i, total, miss in zip(idx, sums.tolist(), misses.tolist()):
+                per_token = torch.stack([picked, (logp.argmax(-1) != targets).float()], dim=1)
+                sums = torch.zeros(len(idx), 2, device=self.device).index_add_(0, rows, per_token)
+                for i, (total, miss) in zip(idx, sums.tolist()):  # log-likelihood and greedy misses, one transfer
                     out[i] = (total, miss == 0)
                     if requests[i][0] is not None:
                         self.cache_hook.add_partial("loglikelihood", requests[i][0], out[i])
