@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmshrink import hardware, models  # noqa: E402
+from llmshrink import benchmark, hardware, models  # noqa: E402
 from llmshrink.params import read  # noqa: E402
 from llmshrink.perplexity import window_nll  # noqa: E402
 
@@ -81,41 +81,28 @@ def set_params(path: Path, sets: list[str]) -> None:
 
 @torch.no_grad()
 def eval_throughput(model: torch.nn.Module, seq_len: int = 2048, batch: int = 16, batches: int = 8) -> dict[str, float]:
-    """Perplexity-scoring tokens/s of a model (the evaluator's own `window_nll`) and its share of the bf16
-    roofline: 2 x parameters x tokens/s against the datasheet peak and against a measured matmul. Then, in the same
-    process, the same with every decoder layer compiled (`torch.compile`, regional): its tokens/s, roofline share
-    and compile seconds, under `compiled_layers` (the evaluator does not compile)."""
+    """Perplexity-scoring tokens/s of a model, run as the evaluator runs it (`window_nll`: on a GPU the decoder
+    layers and the head + loss compiled), and its share of the bf16 roofline: 2 x parameters x tokens/s against the
+    datasheet peak and against a measured matmul; `warmup_seconds`: the first batch, compilation included."""
     dev = model.device
     params = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(0)
     chunks = list(torch.randint(0, model.config.vocab_size, (batch * batches, seq_len), generator=g))
 
     def timed(run: Any) -> float:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        benchmark.sync(dev)
         start = time.perf_counter()
         run()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        benchmark.sync(dev)
         return time.perf_counter() - start
-
-    def tok_s() -> float:
-        return len(chunks) * seq_len / timed(lambda: window_nll(model, chunks, batch, progress=False))
 
     mm = matmul_peak(dev)
     peak = H200_BF16_DENSE_PEAK if dev.type == "cuda" else mm
-    timed(lambda: window_nll(model, chunks[:batch], batch, progress=False))  # warm-up
-    eager = tok_s()
-    out = {"eval_tok_s": eager, "params": params, "model_flop_s": 2 * params * eager, "matmul_peak_flop_s": mm,
-           "roofline_share": 2 * params * eager / peak, "matmul_share": 2 * params * eager / mm}
-    if dev.type == "cuda":
-        for layer in model.get_decoder().layers:
-            layer.compile()
-        compile_s = timed(lambda: window_nll(model, chunks[:batch], batch, progress=False))
-        compiled = tok_s()
-        out["compiled_layers"] = {"eval_tok_s": compiled, "roofline_share": 2 * params * compiled / peak,
-                                  "matmul_share": 2 * params * compiled / mm, "compile_seconds": round(compile_s, 1)}
-    return out
+    warmup = timed(lambda: window_nll(model, chunks[:batch], batch, progress=False))
+    tok_s = len(chunks) * seq_len / timed(lambda: window_nll(model, chunks, batch, progress=False))
+    return {"eval_tok_s": tok_s, "params": params, "model_flop_s": 2 * params * tok_s, "matmul_peak_flop_s": mm,
+            "roofline_share": 2 * params * tok_s / peak, "matmul_share": 2 * params * tok_s / mm,
+            "warmup_seconds": round(warmup, 1)}
 
 
 def matmul_peak(dev: torch.device, n: int = 8192, reps: int = 20) -> float:
@@ -124,29 +111,39 @@ def matmul_peak(dev: torch.device, n: int = 8192, reps: int = 20) -> float:
         return hardware.matmul_gflops(hardware.DTYPES[hardware.fastest_cpu_dtype()]) * 1e9
     a, b = (torch.randn(n, n, device=dev, dtype=torch.bfloat16) for _ in range(2))
     torch.mm(a, b)
-    torch.cuda.synchronize()
+    benchmark.sync(dev)
     start = time.perf_counter()
     for _ in range(reps):
         torch.mm(a, b)
-    torch.cuda.synchronize()
+    benchmark.sync(dev)
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
 def stage_table(timings: Path) -> dict[str, Any]:
     """Per-stage seconds and peak GPU memory from a `LLMSHRINK_TIMINGS` file (a stage run twice: its last run),
-    their sum, and the parts of stages (evaluation: perplexity / QA / multiple choice, summed over checkpoints;
-    quantize: load / GPTQ / save / zero-mask check)."""
+    their sum, the parts of stages (evaluation: perplexity / QA / multiple choice, summed over checkpoints;
+    quantize: load / GPTQ / save / zero-mask check) and, over the `dvc repro` calls this script recorded, where
+    their wall time went: stage timers, stage start-up (imports, CUDA) and the rest (DVC hashing and linking
+    outputs, process exits, and any stage a timeout killed)."""
+    records = [json.loads(line) for line in (timings.read_text().split("\n") if timings.exists() else []) if line.strip()]
     stages: dict[str, dict[str, float]] = {}
     parts: dict[str, float] = {}
-    for line in timings.read_text().split("\n") if timings.exists() else []:
-        if line.strip():
-            r = json.loads(line)
-            if "peak_gpu_bytes" in r:
-                stages[r["stage"]] = {"seconds": r["seconds"], "peak_gpu_bytes": r["peak_gpu_bytes"]}
-            else:
-                parts[r["stage"]] = round(parts.get(r["stage"], 0.0) + r["seconds"], 2)
-    return {"total_seconds": round(sum(s["seconds"] for s in stages.values()), 1), "stages": stages,
-            "stage_parts_seconds": parts}
+    for r in records:
+        if "peak_gpu_bytes" in r:
+            stages[r["stage"]] = {"seconds": r["seconds"], "peak_gpu_bytes": r["peak_gpu_bytes"]}
+        elif "stage" in r:
+            parts[r["stage"]] = round(parts.get(r["stage"], 0.0) + r["seconds"], 2)
+    table = {"total_seconds": round(sum(s["seconds"] for s in stages.values()), 1), "stages": stages,
+             "stage_parts_seconds": parts}
+    calls = [r for r in records if "call_seconds" in r]
+    if calls:
+        wall = sum(c["call_seconds"] for c in calls)
+        runs = [r for r in records if "peak_gpu_bytes" in r and "started_at" in r]
+        timed, startup = sum(r["seconds"] for r in runs), sum(r["startup_seconds"] or 0 for r in runs)
+        table["repro_wall_seconds"] = round(wall, 1)
+        table["wall_split_seconds"] = {"stage_timers": round(timed, 1), "stage_startup": round(startup, 1),
+                                       "dvc_and_rest": round(wall - timed - startup, 1)}
+    return table
 
 
 def write_run(out: Path, run: dict[str, Any]) -> None:
@@ -189,7 +186,7 @@ def main() -> None:
         for name in ("stages", "llmshrink"):
             shutil.copytree(ROOT / name, ws / name, dirs_exist_ok=True)
     timings = ws / "timings.jsonl"
-    env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings), "GPTQMODEL_DISABLE_GPTQ_CUDA": "1",
+    env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings),
            "PYTHONPATH": os.pathsep.join([str(ws), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     repro = subprocess.Popen(["dvc", "repro"], cwd=ws, env=env, start_new_session=True)
@@ -200,6 +197,8 @@ def main() -> None:
         repro.wait()
         ok = False
     total = time.perf_counter() - start
+    with timings.open("a") as f:  # this call's wall time, for the split of the run's wall time
+        f.write(json.dumps({"call_seconds": round(total, 2), "ok": ok}) + "\n")
     run = {"shape": args.shape, "device": hardware.name(hardware.device()), "ok": ok,
            **stage_table(timings), "last_call_seconds": round(total, 1)}
     dev = hardware.device()

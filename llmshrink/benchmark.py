@@ -39,7 +39,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _sync(dev: torch.device) -> None:
+def sync(dev: torch.device) -> None:
+    """Wait for the work queued on `dev` (a GPU); a no-op on a CPU."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
 
@@ -48,16 +49,16 @@ def _sync(dev: torch.device) -> None:
 def prefill_decode(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """Seconds for one forward pass over `prompt` [B, T] and for `new_tokens` greedy steps with the KV cache."""
     dev = prompt.device
-    _sync(dev)
+    sync(dev)
     start = time.perf_counter()
     out = model(prompt, use_cache=True)
-    _sync(dev)
+    sync(dev)
     prefill = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(new_tokens):
         token = out.logits[:, -1:].argmax(-1)
         out = model(token, past_key_values=out.past_key_values, use_cache=True)
-    _sync(dev)
+    sync(dev)
     return prefill, time.perf_counter() - start
 
 
@@ -76,12 +77,12 @@ def compiled_decode_tok_s(model: torch.nn.Module, prompt: torch.Tensor, new_toke
         cache.reset()
         logits = model(prompt, past_key_values=cache, cache_position=torch.arange(length, device=dev)).logits
         token = logits[:, -1:].argmax(-1)
-        _sync(dev)
+        sync(dev)
         start = time.perf_counter()
         for i in range(new_tokens):
             position = torch.tensor([length + i], device=dev)
             token = step(token, past_key_values=cache, cache_position=position).logits[:, -1:].argmax(-1)
-        _sync(dev)
+        sync(dev)
         return new_tokens / (time.perf_counter() - start)
 
     for _ in range(2):

@@ -7,7 +7,8 @@ exactly `seq_len` tokens and drops the short tail; `all_tokens` adds no special 
 from __future__ import annotations
 
 import math
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,25 +35,52 @@ def windows(ids: torch.Tensor, seq_len: int, max_windows: int | None = None, pro
     return out[:max_windows] if max_windows else out
 
 
+def _nll_sum(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL of one window from its last hidden states, the log-softmax in float32."""
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+_compiled_nll_sum = torch.compile(_nll_sum)  # compiles at its first call
+
+
+@contextmanager
+def _scoring(model: torch.nn.Module) -> Iterator[Callable[..., torch.Tensor]]:
+    """The loss of one window, for the block. On a GPU, for a model without quantized layers, every decoder layer
+    and the head + loss run compiled (`torch.compile`: the elementwise work fused, the float32 logits never
+    written), eager again after the block; elsewhere all eager. Same math, summed in another order."""
+    layers = model.get_decoder().layers
+    if model.device.type != "cuda" or any(hasattr(m, "qweight") for m in model.modules()):
+        yield _nll_sum
+        return
+    for layer in layers:
+        layer.compile()
+    try:
+        yield _compiled_nll_sum
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None
+
+
 @torch.no_grad()
 def window_nll(model: torch.nn.Module, chunks: list[torch.Tensor], batch_size: int,
                progress: bool = True) -> list[tuple[float, int]]:
     """Per window, in the given order: summed next-token NLL and number of predicted tokens. Windows of one
     length run through the decoder together; the output head and the float32 log-softmax then run one window at
-    a time, so the [batch, length, vocabulary] logits never exist at once (twice as fast on a CPU, same math)."""
+    a time, so the [batch, length, vocabulary] logits never exist at once (twice as fast on a CPU, same math);
+    the sums come back in one transfer at the end."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     by_length: dict[int, list[int]] = {}
     for i, c in enumerate(chunks):
         by_length.setdefault(len(c), []).append(i)
     groups = [idx[i : i + batch_size] for idx in by_length.values() for i in range(0, len(idx), batch_size)]
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(chunks)
-    for group in tqdm(groups, desc="perplexity", disable=not progress, leave=False):
-        batch = torch.stack([chunks[i] for i in group]).to(model.device)
-        hidden = decoder(batch, use_cache=False).last_hidden_state[:, :-1]
-        for row, i in enumerate(group):
-            logits = head(hidden[row]).float()
-            out[i] = (F.cross_entropy(logits, batch[row, 1:], reduction="sum").item(), batch.shape[1] - 1)
-    return out
+    sums = torch.zeros(len(chunks), dtype=torch.float32, device=model.device)
+    with _scoring(model) as nll_sum:
+        for group in tqdm(groups, desc="perplexity", disable=not progress, leave=False):
+            batch = torch.stack([chunks[i] for i in group]).to(model.device)
+            hidden = decoder(batch, use_cache=False).last_hidden_state[:, :-1]
+            for row, i in enumerate(group):
+                sums[i] = nll_sum(head, hidden[row], batch[row, 1:])
+    return [(nll, len(c) - 1) for nll, c in zip(sums.tolist(), chunks)]
 
 
 def perplexity(model: torch.nn.Module, chunks: list[torch.Tensor], batch_size: int, progress: bool = True) -> tuple[float, int]:

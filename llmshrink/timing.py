@@ -14,6 +14,16 @@ import torch
 from llmshrink import hardware
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc, 10 ms resolution), None elsewhere: at a stage's start,
+    the time its imports and set-up took."""
+    try:
+        started = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        return round(float(open("/proc/uptime").read().split()[0]) - started, 2)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _record(record: dict) -> None:
     if path := os.environ.get("LLMSHRINK_TIMINGS"):
         with open(path, "a", encoding="utf-8") as f:
@@ -32,13 +42,16 @@ def part(name: str) -> Iterator[None]:
 
 @contextmanager
 def stage(name: str) -> Iterator[None]:
-    """Time the block as stage `name`."""
+    """Time the block as stage `name`; the record also has the wall-clock start and end (`started_at`, `ended_at`,
+    epoch seconds) and the process's age at the start (`startup_seconds`), so that a run's time outside the stage
+    timers splits into process start-up and the time between stage processes (DVC)."""
     dev = hardware.device()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    start = time.perf_counter()
+    startup, started_at, start = process_age(), time.time(), time.perf_counter()
     yield
-    record = {"stage": name, "seconds": round(time.perf_counter() - start, 2), "device": hardware.name(dev),
+    record = {"stage": name, "seconds": round(time.perf_counter() - start, 2), "started_at": round(started_at, 2),
+              "ended_at": round(time.time(), 2), "startup_seconds": startup, "device": hardware.name(dev),
               "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
               "peak_gpu_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0}
     print(f"{name}: {record['seconds']} s" + (f", peak GPU {record['peak_gpu_bytes'] / 2**30:.2f} GiB" if record["peak_gpu_bytes"] else ""))
