@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/llmshrink-gpu"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_pipeline.json")
     parser.add_argument("--resume", action="store_true", help="continue `dvc repro` in an existing workspace")
+    parser.add_argument("--targets", nargs="*", default=[], help="stages for `dvc repro` (default: the whole DAG)")
     parser.add_argument("--timeout", type=float, default=None, help="stop `dvc repro` after this many seconds")
     parser.add_argument("--summarize", type=Path, metavar="TIMINGS",
                         help="only record the stage table of an unfinished run from its timings file (fetched from "
@@ -189,7 +190,7 @@ def main() -> None:
     env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings),
            "PYTHONPATH": os.pathsep.join([str(ws), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
-    repro = subprocess.Popen(["dvc", "repro"], cwd=ws, env=env, start_new_session=True)
+    repro = subprocess.Popen(["dvc", "repro", *args.targets], cwd=ws, env=env, start_new_session=True)
     try:
         ok = repro.wait(timeout=args.timeout) == 0
     except subprocess.TimeoutExpired:  # the stage process too, so that it frees the GPU
@@ -199,8 +200,10 @@ def main() -> None:
     total = time.perf_counter() - start
     with timings.open("a") as f:  # this call's wall time, for the split of the run's wall time
         f.write(json.dumps({"call_seconds": round(total, 2), "ok": ok}) + "\n")
-    run = {"shape": args.shape, "device": hardware.name(hardware.device()), "ok": ok,
-           **stage_table(timings), "last_call_seconds": round(total, 1)}
+    pending = sorted(json.loads(subprocess.run(["dvc", "status", "--json"], cwd=ws, env=env, capture_output=True,
+                                               text=True).stdout or "{}"))  # stages not (yet) reproduced
+    run = {"shape": args.shape, "device": hardware.name(hardware.device()), "ok": ok and not pending,
+           **({"pending": pending} if pending else {}), **stage_table(timings), "last_call_seconds": round(total, 1)}
     dev = hardware.device()
     run |= eval_throughput(models.load(ws / "models" / "base", hardware.resolve_dtype("auto", dev), dev))
     if (ws / "metrics" / "benchmark.json").exists():

@@ -203,10 +203,18 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """A checkpoint folder's tokenizer (a GGUF folder's from its file)."""
-    if name := gguf_file(path):
-        return AutoTokenizer.from_pretrained(path, gguf_file=name)
-    return AutoTokenizer.from_pretrained(path)
+    """A checkpoint folder's tokenizer (a GGUF folder's from its file, with the file's padding token: transformers
+    5.17 dropped it where 5.24 keeps it, and batched generation pads)."""
+    if not (name := gguf_file(path)):
+        return AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=name)
+    if tokenizer.pad_token is None:
+        from gguf import GGUFReader  # the reader transformers uses
+
+        field = GGUFReader(Path(path) / name).fields.get("tokenizer.ggml.padding_token_id")
+        if field is not None:
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(int(field.contents()))
+    return tokenizer
 
 
 GPU_KERNELS = ("gptq_triton", "gptq_torch")  # work offline; GPTQModel's automatic choice may download CUTLASS

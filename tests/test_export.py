@@ -88,6 +88,20 @@ def test_tokenizer_and_config_come_back_from_the_file(exported: dict, pruned_dir
     assert config["num_hidden_layers"] == 6 and config["intermediate_size"] == 96 and config["tie_word_embeddings"]
 
 
+def test_padding_token_comes_from_the_file_where_transformers_drops_it(exported: dict, monkeypatch) -> None:
+    out, _ = exported["q4_0"]
+    expected = models.load_tokenizer(out).pad_token
+    load = models.AutoTokenizer.from_pretrained
+
+    def without_pad(*args, **kwargs):  # what transformers 5.17 returned for the export of a Llama-shaped model
+        tokenizer = load(*args, **kwargs)
+        tokenizer.pad_token = None
+        return tokenizer
+
+    monkeypatch.setattr(models.AutoTokenizer, "from_pretrained", without_pad)
+    assert expected is not None and models.load_tokenizer(out).pad_token == expected
+
+
 def test_rerun_is_byte_identical(exported: dict, pruned_dir: Path, tmp_path: Path) -> None:
     first, metrics = exported["q4_0"]
     assert export.to_gguf(pruned_dir, tmp_path / "again", "q4_0") == metrics
