@@ -119,13 +119,17 @@ def matmul_peak(dev: torch.device, n: int = 8192, reps: int = 20) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def stage_table(timings: Path) -> dict[str, Any]:
-    """Per-stage seconds and peak GPU memory from a `LLMSHRINK_TIMINGS` file (a stage run twice: its last run),
+def read_records(timings: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a `LLMSHRINK_TIMINGS` file (none if it does not exist)."""
+    return [json.loads(line) for line in (timings.read_text().split("\n") if timings.exists() else []) if line.strip()]
+
+
+def stage_table(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-stage seconds and peak GPU memory from `LLMSHRINK_TIMINGS` records (a stage run twice: its last run),
     their sum, the parts of stages (evaluation: perplexity / QA / multiple choice, summed over checkpoints;
     quantize: load / GPTQ / save / zero-mask check) and, over the `dvc repro` calls this script recorded, where
     their wall time went: stage timers, stage start-up (imports, CUDA) and the rest (DVC hashing and linking
     outputs, process exits, and any stage a timeout killed)."""
-    records = [json.loads(line) for line in (timings.read_text().split("\n") if timings.exists() else []) if line.strip()]
     stages: dict[str, dict[str, float]] = {}
     parts: dict[str, float] = {}
     for r in records:
@@ -175,8 +179,8 @@ def main() -> None:
                              "the GPU machine), as a run with ok=false")
     args = parser.parse_args()
     if args.summarize:
-        table = stage_table(args.summarize)
-        devices = {r.get("device") for r in map(json.loads, filter(str.strip, args.summarize.read_text().split("\n")))}
+        records = read_records(args.summarize)
+        table, devices = stage_table(records), {r.get("device") for r in records}
         write_run(args.out, {"shape": args.shape, "device": ", ".join(sorted(d for d in devices if d)), "ok": False,
                              "finished_stages": len(table["stages"]), **table})
         return
@@ -203,7 +207,8 @@ def main() -> None:
     pending = sorted(json.loads(subprocess.run(["dvc", "status", "--json"], cwd=ws, env=env, capture_output=True,
                                                text=True).stdout or "{}"))  # stages not (yet) reproduced
     run = {"shape": args.shape, "device": hardware.name(hardware.device()), "ok": ok and not pending,
-           **({"pending": pending} if pending else {}), **stage_table(timings), "last_call_seconds": round(total, 1)}
+           **({"pending": pending} if pending else {}), **stage_table(read_records(timings)),
+           "last_call_seconds": round(total, 1)}
     dev = hardware.device()
     run |= eval_throughput(models.load(ws / "models" / "base", hardware.resolve_dtype("auto", dev), dev))
     if (ws / "metrics" / "benchmark.json").exists():

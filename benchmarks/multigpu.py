@@ -67,8 +67,7 @@ def gpu_samples(log: Path) -> dict[str, dict[str, float]]:
 def measure(ws: Path, jobs: int, gpus: int) -> dict[str, Any]:
     """`dvc queue start -j jobs` until the queue is empty: wall seconds, experiment outcomes, per-GPU use."""
     timings, smi_log = ws / "timings.jsonl", ws / "nvidia-smi.csv"
-    env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings), hardware.GPU_LOCKS: str(ws / ".gpu-locks"),
-           "GPTQMODEL_DISABLE_GPTQ_CUDA": "1"}
+    env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings), hardware.GPU_LOCKS: str(ws / ".gpu-locks")}
     with open(smi_log, "w") as log:
         smi = subprocess.Popen(["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used",
                                 "--format=csv,noheader,nounits", "-lms", "500"], stdout=log) if gpus else None

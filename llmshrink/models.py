@@ -192,11 +192,10 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
                                                         quantization_config=GgufConfig(dequantize=True)).to(on).eval()
         weights = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
         weights = weights * DTYPES[dtype].itemsize // DTYPES.get(saved_dtype(path), torch.float32).itemsize
-        if spread := device_map(weights, on):  # larger than one GPU: over all visible GPUs
-            return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], device_map=spread).eval()
-        if on.type == "cuda":  # straight onto the GPU, no copy through host memory
-            return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], device_map={"": on}).eval()
-        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(on).eval()
+        # larger than one GPU: over all visible GPUs; else on a GPU straight onto it, no copy through host memory
+        placement = device_map(weights, on) or ({"": on} if on.type == "cuda" else None)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], device_map=placement)
+        return (model if placement else model.to(on)).eval()
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:
         raise RuntimeError(f"could not load the checkpoint {path} (incomplete or corrupt? rerun the stage "
                            f"that writes it, e.g. `dvc repro -f <stage>`): {err}") from err
