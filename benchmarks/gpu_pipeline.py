@@ -6,6 +6,9 @@ throughput against the bf16 roofline, compiled batch-1 decode, and the GPTQ kern
 
 `--assets` is a folder with `tokenizer/` (a saved tokenizer) and `data/` (the layout of ../shared/data); the
 result is merged into `--out` (one run per shape). Runs on a CPU too (slowly), with `--shape tiny` for a dry run.
+A run longer than one session on the machine continues with `--resume --timeout S` (DVC reruns only what is not
+done; the wall time adds up over the calls); it is `ok` once `dvc status` is clean. Without internet the export
+stage needs the llama.cpp converter in `$LLMSHRINK_CACHE` (README, GPU).
 """
 from __future__ import annotations
 
