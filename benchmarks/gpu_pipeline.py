@@ -82,6 +82,15 @@ def set_params(path: Path, sets: list[str]) -> None:
     yaml.dump(params, path)
 
 
+def timed(dev: torch.device, run: Any) -> float:
+    """Wall seconds of `run()`, with the work queued on `dev` finished before and after."""
+    benchmark.sync(dev)
+    start = time.perf_counter()
+    run()
+    benchmark.sync(dev)
+    return time.perf_counter() - start
+
+
 @torch.no_grad()
 def eval_throughput(model: torch.nn.Module, seq_len: int = 2048, batch: int = 16, batches: int = 8) -> dict[str, float]:
     """Perplexity-scoring tokens/s of a model, run as the evaluator runs it (`window_nll`: on a GPU the decoder
@@ -92,17 +101,10 @@ def eval_throughput(model: torch.nn.Module, seq_len: int = 2048, batch: int = 16
     g = torch.Generator().manual_seed(0)
     chunks = list(torch.randint(0, model.config.vocab_size, (batch * batches, seq_len), generator=g))
 
-    def timed(run: Any) -> float:
-        benchmark.sync(dev)
-        start = time.perf_counter()
-        run()
-        benchmark.sync(dev)
-        return time.perf_counter() - start
-
     mm = matmul_peak(dev)
     peak = H200_BF16_DENSE_PEAK if dev.type == "cuda" else mm
-    warmup = timed(lambda: window_nll(model, chunks[:batch], batch, progress=False))
-    tok_s = len(chunks) * seq_len / timed(lambda: window_nll(model, chunks, batch, progress=False))
+    warmup = timed(dev, lambda: window_nll(model, chunks[:batch], batch, progress=False))
+    tok_s = len(chunks) * seq_len / timed(dev, lambda: window_nll(model, chunks, batch, progress=False))
     return {"eval_tok_s": tok_s, "params": params, "model_flop_s": 2 * params * tok_s, "matmul_peak_flop_s": mm,
             "roofline_share": 2 * params * tok_s / peak, "matmul_share": 2 * params * tok_s / mm,
             "warmup_seconds": round(warmup, 1)}
@@ -114,12 +116,12 @@ def matmul_peak(dev: torch.device, n: int = 8192, reps: int = 20) -> float:
         return hardware.matmul_gflops(hardware.DTYPES[hardware.fastest_cpu_dtype()]) * 1e9
     a, b = (torch.randn(n, n, device=dev, dtype=torch.bfloat16) for _ in range(2))
     torch.mm(a, b)
-    benchmark.sync(dev)
-    start = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    benchmark.sync(dev)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+    def products() -> None:
+        for _ in range(reps):
+            torch.mm(a, b)
+
+    return 2 * n**3 * reps / timed(dev, products)
 
 
 def read_records(timings: Path) -> list[dict[str, Any]]:
@@ -146,10 +148,10 @@ def stage_table(records: list[dict[str, Any]]) -> dict[str, Any]:
     if calls:
         wall = sum(c["call_seconds"] for c in calls)
         runs = [r for r in records if "peak_gpu_bytes" in r and "started_at" in r]
-        timed, startup = sum(r["seconds"] for r in runs), sum(r["startup_seconds"] or 0 for r in runs)
+        timers, startup = sum(r["seconds"] for r in runs), sum(r["startup_seconds"] or 0 for r in runs)
         table["repro_wall_seconds"] = round(wall, 1)
-        table["wall_split_seconds"] = {"stage_timers": round(timed, 1), "stage_startup": round(startup, 1),
-                                       "dvc_and_rest": round(wall - timed - startup, 1)}
+        table["wall_split_seconds"] = {"stage_timers": round(timers, 1), "stage_startup": round(startup, 1),
+                                       "dvc_and_rest": round(wall - timers - startup, 1)}
     return table
 
 
@@ -209,10 +211,10 @@ def main() -> None:
         f.write(json.dumps({"call_seconds": round(total, 2), "ok": ok}) + "\n")
     pending = sorted(json.loads(subprocess.run(["dvc", "status", "--json"], cwd=ws, env=env, capture_output=True,
                                                text=True).stdout or "{}"))  # stages not (yet) reproduced
-    run = {"shape": args.shape, "device": hardware.name(hardware.device()), "ok": ok and not pending,
+    dev = hardware.device()
+    run = {"shape": args.shape, "device": hardware.name(dev), "ok": ok and not pending,
            **({"pending": pending} if pending else {}), **stage_table(read_records(timings)),
            "last_call_seconds": round(total, 1)}
-    dev = hardware.device()
     run |= eval_throughput(models.load(ws / "models" / "base", hardware.resolve_dtype("auto", dev), dev))
     if (ws / "metrics" / "benchmark.json").exists():
         bench = json.loads((ws / "metrics" / "benchmark.json").read_text())["checkpoints"]
