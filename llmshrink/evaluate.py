@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from llmshrink import choice, qa, stats, timing
-from llmshrink.models import dir_bytes
+from llmshrink.models import dir_bytes, quantized_modules
 from llmshrink.params import Eval
 from llmshrink.perplexity import text_perplexity
 
@@ -16,11 +16,6 @@ def model_dtype(model: torch.nn.Module) -> str:
     """The floating-point dtype the model computes in, e.g. `bfloat16`."""
     floats = (p.dtype for p in model.parameters() if p.is_floating_point())
     return str(next(floats, torch.float32)).removeprefix("torch.")
-
-
-def _quantized_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """GPTQ linear layers: they keep packed `qweight` buffers instead of a `weight` parameter."""
-    return [m for m in model.modules() if hasattr(m, "qweight") and hasattr(m, "in_features")]
 
 
 @torch.no_grad()
@@ -35,7 +30,7 @@ def model_size(model: torch.nn.Module, path: str | Path) -> dict[str, int]:
     params = nonzero = 0
     seen: set[int] = set()
     tensors: list[torch.Tensor] = []
-    for m in _quantized_modules(model):
+    for m in quantized_modules(model):
         logical = m.in_features * m.out_features
         params += logical
         nonzero += int(torch.count_nonzero(m.dequantize_weight())) if hasattr(m, "dequantize_weight") else logical

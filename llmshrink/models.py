@@ -201,6 +201,11 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
                            f"that writes it, e.g. `dvc repro -f <stage>`): {err}") from err
 
 
+def quantized_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """GPTQ linear layers of a loaded model: they keep packed `qweight` buffers instead of a `weight` parameter."""
+    return [m for m in model.modules() if hasattr(m, "qweight") and hasattr(m, "in_features")]
+
+
 def load_tokenizer(path: str | Path) -> Any:
     """A checkpoint folder's tokenizer (a GGUF folder's from its file, with the file's padding token: transformers
     5.17 dropped it where 5.24 keeps it, and batched generation pads)."""

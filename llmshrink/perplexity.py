@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from llmshrink.models import quantized_modules
 from llmshrink.params import choice
 
 PROTOCOLS = ("standard", "all_tokens")
@@ -49,7 +50,7 @@ def _scoring(model: torch.nn.Module) -> Iterator[Callable[..., torch.Tensor]]:
     and the head + loss run compiled (`torch.compile`: the elementwise work fused, the float32 logits never
     written), eager again after the block; elsewhere all eager. Same math, summed in another order."""
     layers = model.get_decoder().layers
-    if model.device.type != "cuda" or any(hasattr(m, "qweight") for m in model.modules()):
+    if model.device.type != "cuda" or quantized_modules(model):
         yield _nll_sum
         return
     for layer in layers:
