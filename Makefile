@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 .PHONY: setup repro test gpu-repro edge
 setup: $(STAMP)
 
+# Stages run in forks of one process that imported torch and transformers once (llmshrink/warm.py).
 repro: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m llmshrink.warm dvc repro
 
 test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -v tests
@@ -26,4 +27,4 @@ edge: $(STAMP)
 
 # The thesis-scale profile (profiles/gpu.txt: one `section.key=value` a line) as one DVC experiment.
 gpu-repro:
-	dvc exp run $(addprefix -S ,$(shell cat profiles/gpu.txt))
+	python -m llmshrink.warm dvc exp run $(addprefix -S ,$(shell cat profiles/gpu.txt))

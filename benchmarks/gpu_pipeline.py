@@ -133,8 +133,8 @@ def stage_table(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-stage seconds and peak GPU memory from `LLMSHRINK_TIMINGS` records (a stage run twice: its last run),
     their sum, the parts of stages (evaluation: perplexity / QA / multiple choice, summed over checkpoints;
     quantize: load / GPTQ / save / zero-mask check) and, over the `dvc repro` calls this script recorded, where
-    their wall time went: stage timers, stage start-up (imports, CUDA) and the rest (DVC hashing and linking
-    outputs, process exits, and any stage a timeout killed)."""
+    their wall time went: stage timers, stage start-up (from the fork of the warm runner: the stage's own imports)
+    and the rest (DVC's start-up, hashing and linking outputs, and any stage a timeout killed)."""
     stages: dict[str, dict[str, float]] = {}
     parts: dict[str, float] = {}
     for r in records:
@@ -199,7 +199,8 @@ def main() -> None:
     env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings),
            "PYTHONPATH": os.pathsep.join([str(ws), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
-    repro = subprocess.Popen(["dvc", "repro", *args.targets], cwd=ws, env=env, start_new_session=True)
+    repro = subprocess.Popen([sys.executable, "-m", "llmshrink.warm", "dvc", "repro", *args.targets], cwd=ws, env=env,
+                             start_new_session=True)  # stages in forks of one process that imported the libraries
     try:
         ok = repro.wait(timeout=args.timeout) == 0
     except subprocess.TimeoutExpired:  # the stage process too, so that it frees the GPU

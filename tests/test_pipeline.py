@@ -79,8 +79,9 @@ MODEL_STAGES = ["prepare_model", "prepare_data", "score_layers", "depth_prune", 
 
 def test_fresh_clone_reproduces_every_checkpoint_byte_for_byte(repo: Path, tmp_path: Path) -> None:
     """A fresh clone with the committed dvc.lock, no cache: the model-writing stages run from nothing and again
-    forced, and both times their lock entries (every dependency and output hash) equal the committed ones; no
-    temporary folder is left beside the outputs."""
+    forced, the second time through the warm runner (stages in forks of one process), and both times their lock
+    entries (every dependency and output hash) equal the committed ones; no temporary folder is left beside the
+    outputs."""
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
     committed = params_file.read(repo / "dvc.lock")["stages"]
@@ -90,7 +91,8 @@ def test_fresh_clone_reproduces_every_checkpoint_byte_for_byte(repo: Path, tmp_p
     assert all(f"Running stage '{stage}'" in out for stage in MODEL_STAGES if stage != "score_layers")
     for forced in (False, True):
         if forced:
-            out = sh(clone, "dvc", "repro", "-f", "eora")
+            out = sh(clone, sys.executable, "-m", "llmshrink.warm", "dvc", "repro", "-f", "eora")
+            assert "no warm server" not in out
             assert all(f"Running stage '{stage}'" in out for stage in MODEL_STAGES)
         lock = params_file.read(clone / "dvc.lock")["stages"]
         assert {s: lock[s] for s in MODEL_STAGES} == {s: committed[s] for s in MODEL_STAGES}

@@ -1,0 +1,79 @@
+"""The warm stage runner: a stage handed to the server runs as its own `python -m stages.<name>` would (arguments,
+directory, environment, streams, exit status), with the heavy libraries already imported, and it dies with its
+client. (That a whole `dvc repro` through it writes byte-identical checkpoints: tests/test_pipeline.py.)"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = '''import os, sys, time
+print("warm" if "transformers" in sys.modules else "cold", os.getcwd(), os.environ.get("PROBE_VALUE"),
+      os.environ.get("LLMSHRINK_WARM"), sys.argv[1:])
+print("to stderr", file=sys.stderr)
+if sys.argv[1] == "sleep":
+    open("stage.pid", "w").write(str(os.getpid()))
+    time.sleep(120)
+sys.exit(int(sys.argv[1]))
+'''
+
+
+def probe_project(tmp_path: Path) -> Path:
+    """A folder with this checkout's `stages` package hook and a probe stage."""
+    (tmp_path / "stages").mkdir()
+    shutil.copy(ROOT / "stages" / "__init__.py", tmp_path / "stages" / "__init__.py")
+    (tmp_path / "stages" / "probe.py").write_text(PROBE)
+    return tmp_path
+
+
+def warm_env() -> dict[str, str]:
+    return {**os.environ, "PROBE_VALUE": "42", "PYTHONPATH": str(ROOT)}
+
+
+def test_a_stage_runs_warm_with_its_arguments_directory_environment_streams_and_status(tmp_path: Path) -> None:
+    project = probe_project(tmp_path)
+    script = (f"{sys.executable} -m stages.probe 3 x; echo status $?; {sys.executable} -m stages.probe 0; "
+              "echo status $?; echo $LLMSHRINK_WARM")
+    done = subprocess.run([sys.executable, "-m", "llmshrink.warm", "bash", "-c", script], cwd=project,
+                          env=warm_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    *lines, socket = done.stdout.splitlines()
+    assert lines == [f"warm {project} 42 None ['3', 'x']", "status 3", f"warm {project} 42 None ['0']", "status 0"]
+    assert not Path(socket).parent.exists()  # the runner removed its socket folder
+    assert done.stderr.count("to stderr") == 2
+    cold = subprocess.run([sys.executable, "-m", "stages.probe", "0"], cwd=project, env=warm_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert cold.stdout.startswith(f"cold {project} 42 None")
+
+
+def test_the_stage_dies_with_its_client_and_nothing_is_left(tmp_path: Path) -> None:
+    project = probe_project(tmp_path)
+    runner = subprocess.Popen([sys.executable, "-m", "llmshrink.warm", sys.executable, "-m", "stages.probe", "sleep"],
+                              cwd=project, env=warm_env(), stdout=subprocess.DEVNULL, start_new_session=True)
+    pid_file = project / "stage.pid"
+    deadline = time.monotonic() + 240
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and runner.poll() is None
+        time.sleep(0.2)
+    stage = int(pid_file.read_text())
+    os.killpg(runner.pid, signal.SIGKILL)  # as a timeout kills `dvc repro`: runner, server and client at once
+    runner.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{stage}").exists() and Path(f"/proc/{stage}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the stage outlived its server"
+        time.sleep(0.1)
+
+
+def test_without_a_server_the_stage_runs_cold(tmp_path: Path) -> None:
+    project = probe_project(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "stages.probe", "5"], cwd=project,
+                          env={**warm_env(), "LLMSHRINK_WARM": str(tmp_path / "missing")},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 5
+    assert done.stdout.startswith("cold")
+    assert "no warm server" in done.stderr
