@@ -4,7 +4,9 @@ and inspecting every checkpoint the pipeline writes: dense, GPTQ (with its EoRA 
 gptqmodel is imported only by `load` for quantized checkpoints: its import takes seconds and prints a banner."""
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 import json
 import os
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedModel)
+                          PretrainedConfig, PreTrainedModel)
 
 from llmshrink import pypi
 from llmshrink.atomic import copy_dir
@@ -147,11 +149,24 @@ def gguf_file(path: str | Path) -> str | None:
     return files[0] if len(files) == 1 and not (Path(path) / "config.json").is_file() else None
 
 
+@functools.lru_cache(maxsize=4)
+def _gguf_config(file: Path, version: tuple[int, int]) -> PretrainedConfig:
+    """The config transformers derives from a GGUF file, once per process and (mtime, size) of the file: its
+    reader parses every field, the tokenizer's vocabulary too, which takes seconds (about 20 s for Llama 3's)."""
+    return AutoConfig.from_pretrained(file.parent, gguf_file=file.name)
+
+
+def gguf_config(path: str | Path) -> PretrainedConfig:
+    """A GGUF checkpoint folder's config (a copy: transformers may change the one it is given)."""
+    file = (Path(path) / gguf_file(path)).resolve()
+    return copy.deepcopy(_gguf_config(file, (file.stat().st_mtime_ns, file.stat().st_size)))
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """A checkpoint folder's config.json (a GGUF folder's: the config transformers derives from the file), with
     an error naming the folder when it is not a checkpoint."""
-    if name := gguf_file(path):
-        return AutoConfig.from_pretrained(path, gguf_file=name).to_dict()
+    if gguf_file(path):
+        return gguf_config(path).to_dict()
     file = Path(path) / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint folder (no config.json)")
@@ -188,7 +203,8 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
         if is_quantized(path):
             return _load_quantized(Path(path), dtype, on)
         if name := gguf_file(path):  # every tensor dequantized into a plain model in `dtype`
-            return AutoModelForCausalLM.from_pretrained(path, gguf_file=name, dtype=DTYPES[dtype],
+            return AutoModelForCausalLM.from_pretrained(path, gguf_file=name, config=gguf_config(path),
+                                                        dtype=DTYPES[dtype],
                                                         quantization_config=GgufConfig(dequantize=True)).to(on).eval()
         weights = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
         weights = weights * DTYPES[dtype].itemsize // DTYPES.get(saved_dtype(path), torch.float32).itemsize

@@ -88,6 +88,23 @@ def test_tokenizer_and_config_come_back_from_the_file(exported: dict, pruned_dir
     assert config["num_hidden_layers"] == 6 and config["intermediate_size"] == 96 and config["tie_word_embeddings"]
 
 
+def test_a_gguf_checkpoint_is_parsed_once_for_its_config_and_once_for_its_weights(exported: dict,
+                                                                                  monkeypatch) -> None:
+    """GGUF's reader parses the whole vocabulary (about 20 s for Llama 3's): the config of a file is read once per
+    process, however many times a stage asks for it, and loading reuses it."""
+    import gguf
+
+    out, _ = exported["f16"]
+    parses, init = [], gguf.GGUFReader.__init__
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: parses.append(a) or init(self, *a, **k))
+    models._gguf_config.cache_clear()
+    config = models.read_config(out)
+    assert models.read_config(out) == config and not models.is_quantized(out) and len(parses) == 1
+    model = models.load(out)
+    assert len(parses) == 2 and model.config.num_hidden_layers == 6
+    assert models.read_config(out) == config  # what loading changed in its config was a copy
+
+
 def test_padding_token_comes_from_the_file_where_transformers_drops_it(exported: dict, monkeypatch) -> None:
     out, _ = exported["q4_0"]
     expected = models.load_tokenizer(out).pad_token
