@@ -204,8 +204,12 @@ def main() -> None:
     try:
         ok = repro.wait(timeout=args.timeout) == 0
     except subprocess.TimeoutExpired:  # the stage process too, so that it frees the GPU
-        os.killpg(repro.pid, signal.SIGKILL)
-        repro.wait()
+        os.killpg(repro.pid, signal.SIGTERM)  # the warm runner then removes its socket folder
+        try:
+            repro.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(repro.pid, signal.SIGKILL)
+            repro.wait()
         ok = False
     total = time.perf_counter() - start
     with timings.open("a") as f:  # this call's wall time, for the split of the run's wall time

@@ -149,6 +149,7 @@ def main(command: list[str]) -> int:
     if server == 0:  # stages that connect before the preload ends wait in the listen backlog
         serve(sock)
     sock.close()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # to clean up below
     try:
         return subprocess.call(command, env={**os.environ, ENV: path})
     finally:

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = '''import os, sys, time
 print("warm" if "transformers" in sys.modules else "cold", os.getcwd(), os.environ.get("PROBE_VALUE"),
@@ -25,7 +27,7 @@ sys.exit(int(sys.argv[1]))
 
 def probe_project(tmp_path: Path) -> Path:
     """A folder with this checkout's `stages` package hook and a probe stage."""
-    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages").mkdir(parents=True)
     shutil.copy(ROOT / "stages" / "__init__.py", tmp_path / "stages" / "__init__.py")
     (tmp_path / "stages" / "probe.py").write_text(PROBE)
     return tmp_path
@@ -51,22 +53,29 @@ def test_a_stage_runs_warm_with_its_arguments_directory_environment_streams_and_
     assert cold.stdout.startswith(f"cold {project} 42 None")
 
 
-def test_the_stage_dies_with_its_client_and_nothing_is_left(tmp_path: Path) -> None:
-    project = probe_project(tmp_path)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_the_stage_dies_with_its_client(tmp_path: Path, sig: int) -> None:
+    """As a timeout ends `dvc repro`: a signal to the whole process group (runner, server, DVC, client). After
+    SIGTERM the runner also removes its socket folder; nothing can clean up after SIGKILL."""
+    project, temp = probe_project(tmp_path / "project"), tmp_path / "tmp"
+    temp.mkdir()
     runner = subprocess.Popen([sys.executable, "-m", "llmshrink.warm", sys.executable, "-m", "stages.probe", "sleep"],
-                              cwd=project, env=warm_env(), stdout=subprocess.DEVNULL, start_new_session=True)
+                              cwd=project, env={**warm_env(), "TMPDIR": str(temp)}, stdout=subprocess.DEVNULL,
+                              start_new_session=True)
     pid_file = project / "stage.pid"
     deadline = time.monotonic() + 240
     while not pid_file.exists() or not pid_file.read_text():
         assert time.monotonic() < deadline and runner.poll() is None
         time.sleep(0.2)
     stage = int(pid_file.read_text())
-    os.killpg(runner.pid, signal.SIGKILL)  # as a timeout kills `dvc repro`: runner, server and client at once
-    runner.wait()
+    os.killpg(runner.pid, sig)
+    runner.wait(timeout=30)
     deadline = time.monotonic() + 10
     while Path(f"/proc/{stage}").exists() and Path(f"/proc/{stage}/stat").read_text().split()[2] != "Z":
         assert time.monotonic() < deadline, "the stage outlived its server"
         time.sleep(0.1)
+    if sig == signal.SIGTERM:
+        assert list(temp.iterdir()) == []
 
 
 def test_without_a_server_the_stage_runs_cold(tmp_path: Path) -> None:
