@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import traceback
+from contextlib import suppress
 
 ENV = "LLMSHRINK_WARM"
 PRELOAD = ("torch", "torch._inductor.compile_fx", "transformers.models.llama.modeling_llama", "peft",
@@ -44,9 +45,17 @@ def delegate(path: str, module: str, args: list[str]) -> None:
         conn.close()
         return
     body = json.dumps({"module": module, "args": args, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
-    socket.send_fds(conn, [len(body).to_bytes(8, "big")], [0, 1, 2])
-    conn.sendall(body)
-    status = conn.recv(16)
+    try:
+        socket.send_fds(conn, [len(body).to_bytes(8, "big")], [0, 1, 2])
+        conn.sendall(body)
+        started = conn.recv(1)  # the server forked the stage
+    except OSError:
+        started = b""
+    if not started:  # e.g. the server refused to serve after its preload (see `serve`)
+        print(f"{ENV}={path}: the warm server did not take the stage; running cold", file=sys.stderr)
+        conn.close()
+        return
+    status = b"".join(iter(lambda: conn.recv(16), b""))
     sys.exit(int(status) if status else 1)
 
 
@@ -129,11 +138,11 @@ def serve(sock: socket.socket) -> None:
                 os._exit(code)
             for fd in fds:
                 os.close(fd)
+            with suppress(OSError):  # a client that is gone: wait_or_kill kills its stage
+                conn.sendall(b"+")
             code = wait_or_kill(pid, conn)
-            try:
+            with suppress(OSError):
                 conn.sendall(str(code).encode())
-            except OSError:  # the client is gone
-                pass
 
 
 def main(command: list[str]) -> int:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -86,3 +88,25 @@ def test_without_a_server_the_stage_runs_cold(tmp_path: Path) -> None:
     assert done.returncode == 5
     assert done.stdout.startswith("cold")
     assert "no warm server" in done.stderr
+
+
+def test_a_server_that_closes_without_taking_the_stage_leaves_it_cold(tmp_path: Path, capsys) -> None:
+    """As when the server refuses after its preload (a library poisoned forks for CUDA): the client returns, so
+    the stage runs in its own process, instead of failing."""
+    from llmshrink import warm
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "socket"))
+    server.listen()
+
+    def refuse() -> None:
+        conn, _ = server.accept()
+        for fd in socket.recv_fds(conn, 8, 3)[1]:
+            os.close(fd)
+        conn.close()
+
+    thread = threading.Thread(target=refuse)
+    thread.start()
+    warm.delegate(str(tmp_path / "socket"), "stages.probe", ["0"])  # returns instead of exiting
+    thread.join()
+    assert "did not take the stage; running cold" in capsys.readouterr().err
