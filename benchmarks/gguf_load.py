@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -62,7 +63,7 @@ def main() -> None:
             times[name] = round(time.perf_counter() - start, 2)
             reference = reference if name != "before" else weights
             assert all(torch.equal(weights[k], reference[k]) for k in reference), "the two paths load different weights"
-        result = {"shape": args.shape, "machine": platform.processor() or platform.machine(),
+        result = {"shape": args.shape, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                   "load_on": "cpu", "gguf_bytes": models.dir_bytes(out),
                   "seconds": times, "before_over_after": round(min(times["before"], times.get("before_again", 1e9)) /
                                                                 times["after"], 2)}
