@@ -159,7 +159,8 @@ def _gguf_config(file: Path, version: tuple[int, int]) -> PretrainedConfig:
 def gguf_config(path: str | Path) -> PretrainedConfig:
     """A GGUF checkpoint folder's config (a copy: transformers may change the one it is given)."""
     file = (Path(path) / gguf_file(path)).resolve()
-    return copy.deepcopy(_gguf_config(file, (file.stat().st_mtime_ns, file.stat().st_size)))
+    stat = file.stat()
+    return copy.deepcopy(_gguf_config(file, (stat.st_mtime_ns, stat.st_size)))
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -224,16 +225,13 @@ def quantized_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def load_tokenizer(path: str | Path) -> Any:
     """A checkpoint folder's tokenizer (a GGUF folder's from its file, with the file's padding token: transformers
-    5.17 dropped it where 5.24 keeps it, and batched generation pads)."""
+    5.17 dropped it where 5.24 keeps it, and batched generation pads; transformers maps the file's
+    `tokenizer.ggml.padding_token_id` into the config's `pad_token_id`, read once per process)."""
     if not (name := gguf_file(path)):
         return AutoTokenizer.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=name)
-    if tokenizer.pad_token is None:
-        from gguf import GGUFReader  # the reader transformers uses
-
-        field = GGUFReader(Path(path) / name).fields.get("tokenizer.ggml.padding_token_id")
-        if field is not None:
-            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(int(field.contents()))
+    if tokenizer.pad_token is None and (pad := gguf_config(path).pad_token_id) is not None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
     return tokenizer
 
 

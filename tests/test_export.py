@@ -115,8 +115,14 @@ def test_padding_token_comes_from_the_file_where_transformers_drops_it(exported:
         tokenizer.pad_token = None
         return tokenizer
 
+    import gguf
+
     monkeypatch.setattr(models.AutoTokenizer, "from_pretrained", without_pad)
+    models.read_config(out)  # as the evaluate stage does first
+    parses, init = [], gguf.GGUFReader.__init__
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: parses.append(a) or init(self, *a, **k))
     assert expected is not None and models.load_tokenizer(out).pad_token == expected
+    assert len(parses) == 1  # the tokenizer's own read; the padding token comes from the cached config
 
 
 def test_rerun_is_byte_identical(exported: dict, pruned_dir: Path, tmp_path: Path) -> None:
