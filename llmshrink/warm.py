@@ -77,10 +77,12 @@ def run_stage(request: dict, fds: list[int]) -> int:
     try:
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
-        if not isinstance(done.code, (int, type(None))):
+    except SystemExit as done:  # as the interpreter treats it: None is 0, a message is printed and is 1
+        if done.code is None or isinstance(done.code, int):
+            code = done.code or 0
+        else:
             print(done.code, file=sys.stderr)
+            code = 1
     except BaseException:  # noqa: BLE001 - reported like an uncaught exception, exit status 1
         traceback.print_exc()
         code = 1
