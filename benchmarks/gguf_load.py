@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmshrink import export, models  # noqa: E402
+from llmshrink.benchmark import machine  # noqa: E402
 
 
 def before(path: Path) -> torch.nn.Module:
@@ -61,9 +60,10 @@ def main() -> None:
             start = time.perf_counter()
             weights = load(out).state_dict()
             times[name] = round(time.perf_counter() - start, 2)
-            reference = reference if name != "before" else weights
+            if name == "before":
+                reference = weights
             assert all(torch.equal(weights[k], reference[k]) for k in reference), "the two paths load different weights"
-        result = {"shape": args.shape, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        result = {"shape": args.shape, "machine": machine(),
                   "load_on": "cpu", "gguf_bytes": models.dir_bytes(out),
                   "seconds": times, "before_over_after": round(min(times["before"], times.get("before_again", 1e9)) /
                                                                 times["after"], 2)}

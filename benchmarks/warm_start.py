@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -17,6 +16,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llmshrink.benchmark import machine  # noqa: E402
+
 STAGES = ["prepare_model", "score_layers", "lora", "quantize", "evaluate", "benchmark", "report"]
 
 
@@ -42,7 +45,7 @@ def main() -> None:
         for stage in STAGES:
             times[stage]["cold"].append(seconds(stage, cold))
             times[stage]["warm"].append(seconds(stage, warm))
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+    result = {"machine": machine(),
               "rounds": args.rounds, "first_warm_call_seconds": round(first, 2), "stages": {}}
     for stage, t in times.items():
         c, w = statistics.median(t["cold"]), statistics.median(t["warm"])
