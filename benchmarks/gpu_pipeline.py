@@ -157,11 +157,13 @@ def stage_table(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_run(out: Path, run: dict[str, Any]) -> None:
     """Merge `run` into `out`, replacing the run of the same shape, and print it. An unfinished run (`ok` false)
-    does not replace a finished one: it goes to `unfinished`, replacing an unfinished run of its shape there."""
+    does not replace a finished one: it goes to `unfinished`, replacing an unfinished run of its shape there; a
+    finished run removes the unfinished one of its shape."""
     previous = json.loads(out.read_text()) if out.exists() else {"runs": []}
     runs, unfinished = previous["runs"], previous.get("unfinished", [])
     if run.get("ok") or not any(r["shape"] == run["shape"] and r.get("ok") for r in runs):
         runs = [r for r in runs if r["shape"] != run["shape"]] + [run]
+        unfinished = [r for r in unfinished if r["shape"] != run["shape"]]
     else:
         unfinished = [r for r in unfinished if r["shape"] != run["shape"]] + [run]
     out.parent.mkdir(parents=True, exist_ok=True)
