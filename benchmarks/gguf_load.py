@@ -1,9 +1,18 @@
-"""What `evaluate@export` spends loading its GGUF checkpoint, before and after `models.gguf_config`, side by side in
-one process: before, every config question (the stage's check, `load`'s check, `is_quantized`, transformers'
-own) parsed the whole file again, the vocabulary included; now the config is parsed once and loading reuses it.
+"""What a stage that scores the GGUF export (`evaluate@export`, `benchmark`) spends loading it: its config
+check, tokenizer and weights, three ways side by side in one process, alternating, fastest of `--rounds`:
+
+- `transformers`: transformers' own API, nothing shared: the file is parsed for the config check, for the
+  tokenizer (twice: its config, its vocabulary), and for the model (its config, its weights); gguf's tensor-name
+  map is rebuilt for every submodule of the model;
+- `config_cached` (commit 04a9af9): the config parsed once per process and passed to the model; the tokenizer
+  and the weights still parse the file;
+- `parsed_once` (`models` now): one parse per process and file (`models.gguf_reader`) serves config, tokenizer
+  and weights, and the name map is built once.
+
+Identical weights and tokens are asserted.
 
     python benchmarks/gguf_load.py --shape embedded                       # CPU: SmolLM2-135M's export
-    python benchmarks/gguf_load.py --shape llama-3.2-1b --tokenizer device/tokenizer
+    python benchmarks/gguf_load.py --shape llama-3.2-3b --tokenizer device/tokenizer --rounds 1
 """
 from __future__ import annotations
 
@@ -13,9 +22,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GgufConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -23,27 +33,38 @@ sys.path.insert(0, str(ROOT))
 from llmshrink import export, models  # noqa: E402
 from llmshrink.benchmark import machine  # noqa: E402
 
+TEXT = "The export is scored with the tokenizer inside its file."
 
-def before(path: Path) -> torch.nn.Module:
-    """The load path of the previous commit: three config reads, then transformers' load without a config."""
+
+def load_with_transformers(path: Path) -> tuple[Any, torch.nn.Module]:
     name = models.gguf_file(path)
-    for _ in range(3):
-        AutoConfig.from_pretrained(path, gguf_file=name)
-    return AutoModelForCausalLM.from_pretrained(path, gguf_file=name, dtype=torch.float32,
-                                                quantization_config=GgufConfig(dequantize=True)).eval()
+    AutoConfig.from_pretrained(path, gguf_file=name)
+    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=name)
+    return tokenizer, AutoModelForCausalLM.from_pretrained(path, gguf_file=name, dtype=torch.float32,
+                                                           quantization_config=GgufConfig(dequantize=True)).eval()
 
 
-def after(path: Path) -> torch.nn.Module:
-    """The stage's load path now: its config check, then `models.load` (cached config)."""
+def load_config_cached(path: Path) -> tuple[Any, torch.nn.Module]:
+    name = models.gguf_file(path)
+    config = AutoConfig.from_pretrained(path, gguf_file=name)
+    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=name)
+    return tokenizer, AutoModelForCausalLM.from_pretrained(path, gguf_file=name, config=config, dtype=torch.float32,
+                                                           quantization_config=GgufConfig(dequantize=True)).eval()
+
+
+def load_parsed_once(path: Path) -> tuple[Any, torch.nn.Module]:
     models.read_config(path)
-    return models.load(path, "float32", torch.device("cpu"))
+    return models.load_tokenizer(path), models.load(path, "float32", torch.device("cpu"))
+
+
+PATHS = {"transformers": load_with_transformers, "config_cached": load_config_cached, "parsed_once": load_parsed_once}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="embedded", choices=["embedded", *models.SHAPES])
     parser.add_argument("--tokenizer", default="", help="a saved tokenizer folder (random shapes)")
-    parser.add_argument("--quick", action="store_true", help="before and after once each (no second `before`)")
+    parser.add_argument("--rounds", type=int, default=2, help="each path this many times, alternating")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gguf_load.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,20 +74,24 @@ def main() -> None:
         models.save(model, tokenizer, src, "bfloat16")
         del model
         export.to_gguf(src, out, "q4_0")
-        times = {}
-        runs = (("before", before), ("after", after)) + ((("before_again", before),) if not args.quick else ())
-        for name, load in runs:
-            models._gguf_config.cache_clear()
-            start = time.perf_counter()
-            weights = load(out).state_dict()
-            times[name] = round(time.perf_counter() - start, 2)
-            if name == "before":
-                reference = weights
-            assert all(torch.equal(weights[k], reference[k]) for k in reference), "the two paths load different weights"
-        result = {"shape": args.shape, "machine": machine(),
-                  "load_on": "cpu", "gguf_bytes": models.dir_bytes(out),
-                  "seconds": times, "before_over_after": round(min(times["before"], times.get("before_again", 1e9)) /
-                                                                times["after"], 2)}
+        times: dict[str, list[float]] = {name: [] for name in PATHS}
+        reference = None
+        for _ in range(args.rounds):
+            for name, load in PATHS.items():
+                models._gguf_config.cache_clear(), models._gguf_reader.cache_clear()
+                start = time.perf_counter()
+                tokenizer, model = load(out)
+                times[name].append(round(time.perf_counter() - start, 2))
+                loaded = (tokenizer(TEXT).input_ids, model.state_dict())
+                reference = reference or loaded
+                assert loaded[0] == reference[0], f"{name} loads another tokenizer"
+                assert all(torch.equal(t, reference[1][k]) for k, t in loaded[1].items()), f"{name}: other weights"
+                del tokenizer, model, loaded
+        best = {name: min(t) for name, t in times.items()}
+        result = {"shape": args.shape, "machine": machine(), "load_on": "cpu", "gguf_bytes": models.dir_bytes(out),
+                  "what": "config check + tokenizer + weights", "seconds": times, "fastest": best,
+                  "transformers_over_parsed_once": round(best["transformers"] / best["parsed_once"], 2),
+                  "config_cached_over_parsed_once": round(best["config_cached"] / best["parsed_once"], 2)}
     prior = json.loads(args.out.read_text()) if args.out.exists() else {}
     args.out.write_text(json.dumps({**prior, args.shape: result}, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -52,9 +52,9 @@ def to_gguf(src: str | Path, out_dir: str | Path, file_type: str) -> dict[str, A
 
 def describe(file: str | Path) -> dict[str, Any]:
     """Bytes, parameter count, tensor types (count of tensors per GGML type) and metadata of a GGUF file."""
-    from gguf import GGUFReader  # the reader transformers uses
+    from llmshrink.models import gguf_reader  # not at the top: the converter's child process imports this module
 
-    reader = GGUFReader(file)
+    reader = gguf_reader(file)
     field = lambda key: reader.fields[key].contents() if key in reader.fields else None  # noqa: E731
     return {"bytes": Path(file).stat().st_size, "tensors": len(reader.tensors),
             "params": int(sum(t.n_elements for t in reader.tensors)),

@@ -9,6 +9,8 @@ import csv
 import functools
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -149,18 +151,53 @@ def gguf_file(path: str | Path) -> str | None:
     return files[0] if len(files) == 1 and not (Path(path) / "config.json").is_file() else None
 
 
+def _version(file: str | Path) -> tuple[Path, tuple[int, int, int]]:
+    """A file's resolved path and (inode, mtime, size): a cache key that changes when the file is rewritten."""
+    file = Path(file).resolve()
+    stat = file.stat()
+    return file, (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _gguf_reader(file: Path, version: tuple[int, int, int]) -> Any:
+    from gguf.gguf_reader import GGUFReader  # the reader transformers uses (the class, not `_gguf_parsed_once`'s)
+
+    return GGUFReader(file)
+
+
+def gguf_reader(file: str | Path) -> Any:
+    """A GGUF file parsed by gguf's `GGUFReader` (read-only, memory-mapped), once per process and version of the
+    file: the reader parses every field, the tokenizer's vocabulary too (seconds; about 20 s for Llama 3's)."""
+    return _gguf_reader(*_version(file))
+
+
+@contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Within the block, transformers' GGUF loading (config, tokenizer, weights) takes each file's reader from
+    `gguf_reader` and builds gguf's tensor-name map once per architecture and depth. Otherwise it parses the whole
+    file for each of the three, and rebuilds the name map (every tensor name of every layer) for each of a
+    model's submodules: 371 times for SmolLM2."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader = lambda path, mode="r": gguf_reader(path) if mode == "r" else reader(path, mode)
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=4)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
 @functools.lru_cache(maxsize=4)
-def _gguf_config(file: Path, version: tuple[int, int]) -> PretrainedConfig:
-    """The config transformers derives from a GGUF file, once per process and (mtime, size) of the file: its
-    reader parses every field, the tokenizer's vocabulary too, which takes seconds (about 20 s for Llama 3's)."""
-    return AutoConfig.from_pretrained(file.parent, gguf_file=file.name)
+def _gguf_config(file: Path, version: tuple[int, int, int]) -> PretrainedConfig:
+    with _gguf_parsed_once():
+        return AutoConfig.from_pretrained(file.parent, gguf_file=file.name)
 
 
 def gguf_config(path: str | Path) -> PretrainedConfig:
-    """A GGUF checkpoint folder's config (a copy: transformers may change the one it is given)."""
-    file = (Path(path) / gguf_file(path)).resolve()
-    stat = file.stat()
-    return copy.deepcopy(_gguf_config(file, (stat.st_mtime_ns, stat.st_size)))
+    """The config transformers derives from a GGUF checkpoint folder's file, once per process and version of the
+    file (a copy: transformers may change the one it is given)."""
+    return copy.deepcopy(_gguf_config(*_version(Path(path) / gguf_file(path))))
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -204,9 +241,11 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
         if is_quantized(path):
             return _load_quantized(Path(path), dtype, on)
         if name := gguf_file(path):  # every tensor dequantized into a plain model in `dtype`
-            return AutoModelForCausalLM.from_pretrained(path, gguf_file=name, config=gguf_config(path),
-                                                        dtype=DTYPES[dtype],
-                                                        quantization_config=GgufConfig(dequantize=True)).to(on).eval()
+            with _gguf_parsed_once():
+                model = AutoModelForCausalLM.from_pretrained(path, gguf_file=name, config=gguf_config(path),
+                                                             dtype=DTYPES[dtype],
+                                                             quantization_config=GgufConfig(dequantize=True))
+            return model.to(on).eval()
         weights = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
         weights = weights * DTYPES[dtype].itemsize // DTYPES.get(saved_dtype(path), torch.float32).itemsize
         # larger than one GPU: over all visible GPUs; else on a GPU straight onto it, no copy through host memory
@@ -229,7 +268,8 @@ def load_tokenizer(path: str | Path) -> Any:
     `tokenizer.ggml.padding_token_id` into the config's `pad_token_id`, read once per process)."""
     if not (name := gguf_file(path)):
         return AutoTokenizer.from_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=name)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=name)
     if tokenizer.pad_token is None and (pad := gguf_config(path).pad_token_id) is not None:
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
     return tokenizer

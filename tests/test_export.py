@@ -88,21 +88,35 @@ def test_tokenizer_and_config_come_back_from_the_file(exported: dict, pruned_dir
     assert config["num_hidden_layers"] == 6 and config["intermediate_size"] == 96 and config["tie_word_embeddings"]
 
 
-def test_a_gguf_checkpoint_is_parsed_once_for_its_config_and_once_for_its_weights(exported: dict,
-                                                                                  monkeypatch) -> None:
-    """GGUF's reader parses the whole vocabulary (about 20 s for Llama 3's): the config of a file is read once per
-    process, however many times a stage asks for it, and loading reuses it."""
+def test_a_gguf_checkpoint_is_parsed_once_per_process(exported: dict, monkeypatch) -> None:
+    """GGUF's reader parses the whole vocabulary (about 20 s for Llama 3's): a stage that reads the config of an
+    export (however often), its tokenizer and its weights parses the file once, builds gguf's tensor-name map
+    once, and gets what transformers' own loading gives; gguf is left as it was."""
     import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    out, _ = exported["f16"]
+    out, _ = exported["q4_0"]
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
     parses, init = [], gguf.GGUFReader.__init__
     monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: parses.append(a) or init(self, *a, **k))
-    models._gguf_config.cache_clear()
+    maps = []
+    monkeypatch.setattr(gguf, "get_tensor_name_map", lambda *a: maps.append(a) or name_map(*a))
+    models._gguf_config.cache_clear(), models._gguf_reader.cache_clear()
     config = models.read_config(out)
-    assert models.read_config(out) == config and not models.is_quantized(out) and len(parses) == 1
-    model = models.load(out)
-    assert len(parses) == 2 and model.config.num_hidden_layers == 6
+    assert models.read_config(out) == config and not models.is_quantized(out)
+    tokenizer, model = models.load_tokenizer(out), models.load(out)
+    assert len(parses) == 1 and len(maps) == 1 and model.config.num_hidden_layers == 6
     assert models.read_config(out) == config  # what loading changed in its config was a copy
+    assert gguf.GGUFReader is reader and export.describe(out / export.GGUF_NAME)["tensors"] and len(parses) == 1
+
+    name = export.GGUF_NAME  # transformers alone: a parse each for config, tokenizer and weights, as before
+    plain = AutoModelForCausalLM.from_pretrained(out, gguf_file=name, dtype=torch.float32,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    assert len(parses) == 3 and len(maps) > 10
+    expected = plain.state_dict()
+    assert all(torch.equal(t, expected[k]) for k, t in model.state_dict().items())
+    text = "GGUF files hold the tokenizer too."
+    assert tokenizer(text).input_ids == AutoTokenizer.from_pretrained(out, gguf_file=name)(text).input_ids
 
 
 def test_padding_token_comes_from_the_file_where_transformers_drops_it(exported: dict, monkeypatch) -> None:
@@ -122,7 +136,7 @@ def test_padding_token_comes_from_the_file_where_transformers_drops_it(exported:
     parses, init = [], gguf.GGUFReader.__init__
     monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: parses.append(a) or init(self, *a, **k))
     assert expected is not None and models.load_tokenizer(out).pad_token == expected
-    assert len(parses) == 1  # the tokenizer's own read; the padding token comes from the cached config
+    assert not parses  # the tokenizer and the padding token come from the file as parsed for the config
 
 
 def test_rerun_is_byte_identical(exported: dict, pruned_dir: Path, tmp_path: Path) -> None:
