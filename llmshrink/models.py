@@ -167,7 +167,8 @@ def _gguf_reader(file: Path, version: tuple[int, int, int]) -> Any:
 
 def gguf_reader(file: str | Path) -> Any:
     """A GGUF file parsed by gguf's `GGUFReader` (read-only, memory-mapped), once per process and version of the
-    file: the reader parses every field, the tokenizer's vocabulary too (seconds; about 20 s for Llama 3's)."""
+    file: the reader parses every field in Python, the tokenizer's vocabulary too (3 s for SmolLM2's on a 2-core
+    CPU; Llama 3's has 2.6 times as many tokens)."""
     return _gguf_reader(*_version(file))
 
 

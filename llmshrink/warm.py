@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from contextlib import suppress
 
@@ -32,6 +33,7 @@ PRELOAD = ("torch", "torch._inductor.compile_fx", "transformers.models.llama.mod
            "lm_eval.models.huggingface", "safetensors.torch")
 PR_SET_PDEATHSIG = 1  # prctl(2)
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+STOP_GRACE = 10.0  # seconds a stopped stage has to clean up after its interrupt, before it is killed
 
 
 def delegate(path: str, module: str, args: list[str]) -> None:
@@ -61,9 +63,10 @@ def delegate(path: str, module: str, args: list[str]) -> None:
 
 def run_stage(request: dict, fds: list[int]) -> int:
     """In the fork: take over the client's streams, directory and environment, and run its module as __main__."""
-    os.setpgid(0, 0)  # the server kills this group if the client goes away,
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # and the kernel kills the stage if the server does
+    os.setpgid(0, 0)  # the server stops this group if the client goes away,
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # and the kernel kills the stage if the server dies
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -89,16 +92,49 @@ def run_stage(request: dict, fds: list[int]) -> int:
     return code
 
 
-def wait_or_kill(pid: int, conn: socket.socket) -> int:
-    """The stage's exit status (128 + signal if killed); kill its process group when the client disconnects."""
+def exit_code(status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128 + the signal that killed the process."""
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def stop(pid: int) -> int:
+    """Stop the stage as Ctrl-C stops a cold one: interrupt its process group (KeyboardInterrupt, so its `finally`
+    blocks remove partial outputs and scratch folders), and kill the group if it still runs after STOP_GRACE s."""
+    os.killpg(pid, signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return exit_code(status)
+        time.sleep(0.05)
+    os.killpg(pid, signal.SIGKILL)
+    return exit_code(os.waitpid(pid, 0)[1])
+
+
+class Stopping:
+    """The server's SIGTERM (the runner ending, or a timeout's signal to the process group): exit at once when no
+    stage runs, else stop the stage first."""
+
+    requested = False
+    busy = False
+
+    @classmethod
+    def on_sigterm(cls, *_: object) -> None:
+        cls.requested = True
+        if not cls.busy:
+            sys.exit(128 + signal.SIGTERM)
+
+
+def wait_or_stop(pid: int, conn: socket.socket) -> int:
+    """The stage's exit status; `stop` it when its client disconnects or the server is told to end."""
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
-        if not done and select.select([conn], [], [], 0.05)[0] and not conn.recv(1, socket.MSG_PEEK):
-            os.killpg(pid, signal.SIGKILL)
-            done, status = os.waitpid(pid, 0)
         if done:
-            code = os.waitstatus_to_exitcode(status)
-            return code if code >= 0 else 128 - code
+            return exit_code(status)
+        gone = select.select([conn], [], [], 0.05)[0] and not conn.recv(1, socket.MSG_PEEK)
+        if gone or Stopping.requested:
+            return stop(pid)
 
 
 def forks_can_use_cuda() -> bool:
@@ -120,6 +156,7 @@ def serve(sock: socket.socket) -> None:
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C ends the command and its clients; the stage then ends too
+    signal.signal(signal.SIGTERM, Stopping.on_sigterm)
     if torch.cuda.is_initialized() or threading.active_count() > 1 or not forks_can_use_cuda():
         raise RuntimeError(f"warm server: a preloaded module ({', '.join(PRELOAD)}) started a thread or asked CUDA's "
                            "driver, so a fork could not use the GPU; stages run cold")
@@ -130,6 +167,7 @@ def serve(sock: socket.socket) -> None:
             size, body = int.from_bytes(head, "big"), b""
             while len(body) < size:
                 body += conn.recv(size - len(body))
+            Stopping.busy = True
             pid = os.fork()
             if pid == 0:
                 sock.close()
@@ -140,11 +178,14 @@ def serve(sock: socket.socket) -> None:
                 os._exit(code)
             for fd in fds:
                 os.close(fd)
-            with suppress(OSError):  # a client that is gone: wait_or_kill kills its stage
+            with suppress(OSError):  # a client that is gone: wait_or_stop stops its stage
                 conn.sendall(b"+")
-            code = wait_or_kill(pid, conn)
+            code = wait_or_stop(pid, conn)
             with suppress(OSError):
                 conn.sendall(str(code).encode())
+            Stopping.busy = False
+            if Stopping.requested:
+                sys.exit(128 + signal.SIGTERM)
 
 
 def main(command: list[str]) -> int:
@@ -162,7 +203,15 @@ def main(command: list[str]) -> int:
     sock.close()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # to clean up below
     try:
-        return subprocess.call(command, env={**os.environ, ENV: path})
+        with subprocess.Popen(command, env={**os.environ, ENV: path}) as process:
+            while True:
+                try:
+                    return process.wait()
+                except KeyboardInterrupt:  # Ctrl-C reached the command too: let it end its own way (DVC does)
+                    continue
+                except SystemExit:  # SIGTERM: pass it on
+                    process.terminate()
+                    raise
     finally:
         os.kill(server, signal.SIGTERM)
         os.waitpid(server, 0)

@@ -89,7 +89,7 @@ def test_tokenizer_and_config_come_back_from_the_file(exported: dict, pruned_dir
 
 
 def test_a_gguf_checkpoint_is_parsed_once_per_process(exported: dict, monkeypatch) -> None:
-    """GGUF's reader parses the whole vocabulary (about 20 s for Llama 3's): a stage that reads the config of an
+    """GGUF's reader parses the whole vocabulary (seconds): a stage that reads the config of an
     export (however often), its tokenizer and its weights parses the file once, builds gguf's tensor-name map
     once, and gets what transformers' own loading gives; gguf is left as it was."""
     import gguf

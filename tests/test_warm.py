@@ -20,9 +20,13 @@ PROBE = '''import os, sys, time
 print("warm" if "transformers" in sys.modules else "cold", os.getcwd(), os.environ.get("PROBE_VALUE"),
       os.environ.get("LLMSHRINK_WARM"), sys.argv[1:])
 print("to stderr", file=sys.stderr)
-if sys.argv[1] == "sleep":
-    open("stage.pid", "w").write(str(os.getpid()))
-    time.sleep(120)
+if sys.argv[1] == "sleep":  # as a stage writing its output: a partial folder that its `finally` removes
+    os.mkdir("partial")
+    try:
+        open("stage.pid", "w").write(str(os.getpid()))
+        time.sleep(120)
+    finally:
+        os.rmdir("partial")
 sys.exit(int(sys.argv[1]))
 '''
 
@@ -55,10 +59,12 @@ def test_a_stage_runs_warm_with_its_arguments_directory_environment_streams_and_
     assert cold.stdout.startswith(f"cold {project} 42 None")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_the_stage_dies_with_its_client(tmp_path: Path, sig: int) -> None:
-    """As a timeout ends `dvc repro`: a signal to the whole process group (runner, server, DVC, client). After
-    SIGTERM the runner also removes its socket folder; nothing can clean up after SIGKILL."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_the_stage_ends_with_its_client(tmp_path: Path, sig: int) -> None:
+    """A signal to the runner's whole process group: SIGINT as Ctrl-C in a terminal sends it, SIGTERM and SIGKILL
+    as a timeout does (gpu_pipeline sends SIGTERM, then SIGKILL). The stage ends with it. After SIGINT and SIGTERM
+    it is interrupted as Ctrl-C interrupts a cold stage, so its `finally` blocks remove what it had half-written,
+    and the runner removes its socket folder; nothing can clean up after SIGKILL."""
     project, temp = probe_project(tmp_path / "project"), tmp_path / "tmp"
     temp.mkdir()
     runner = subprocess.Popen([sys.executable, "-m", "llmshrink.warm", sys.executable, "-m", "stages.probe", "sleep"],
@@ -76,7 +82,8 @@ def test_the_stage_dies_with_its_client(tmp_path: Path, sig: int) -> None:
     while Path(f"/proc/{stage}").exists() and Path(f"/proc/{stage}/stat").read_text().split()[2] != "Z":
         assert time.monotonic() < deadline, "the stage outlived its server"
         time.sleep(0.1)
-    if sig == signal.SIGTERM:
+    if sig != signal.SIGKILL:
+        assert not (project / "partial").exists()
         assert list(temp.iterdir()) == []
 
 
