@@ -67,9 +67,10 @@ def test_the_stage_ends_with_its_client(tmp_path: Path, sig: int) -> None:
     and the runner removes its socket folder; nothing can clean up after SIGKILL."""
     project, temp = probe_project(tmp_path / "project"), tmp_path / "tmp"
     temp.mkdir()
+    # SIGINT as in a terminal: a background job (nohup, CI) inherits it ignored, and so would the runner
     runner = subprocess.Popen([sys.executable, "-m", "llmshrink.warm", sys.executable, "-m", "stages.probe", "sleep"],
                               cwd=project, env={**warm_env(), "TMPDIR": str(temp)}, stdout=subprocess.DEVNULL,
-                              start_new_session=True)
+                              start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pid_file = project / "stage.pid"
     deadline = time.monotonic() + 240
     while not pid_file.exists() or not pid_file.read_text():
