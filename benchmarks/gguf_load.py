@@ -1,9 +1,9 @@
 """What a stage that scores the GGUF export (`evaluate@export`, `benchmark`) spends loading it: its config
 check, tokenizer and weights, three ways side by side in one process, alternating, fastest of `--rounds`:
 
-- `transformers`: transformers' own API, nothing shared: the file is parsed for the config check, for the
-  tokenizer (twice: its config, its vocabulary), and for the model (its config, its weights); gguf's tensor-name
-  map is rebuilt for every submodule of the model;
+- `transformers`: transformers' own API, nothing shared: the file is parsed four times, for the config check,
+  the tokenizer, and the model's config and weights; gguf's tensor-name map is rebuilt for every submodule of
+  the model;
 - `config_cached` (commit 04a9af9): the config parsed once per process and passed to the model; the tokenizer
   and the weights still parse the file;
 - `parsed_once` (`models` now): one parse per process and file (`models.gguf_reader`) serves config, tokenizer
@@ -17,6 +17,7 @@ Identical weights and tokens are asserted.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -36,19 +37,13 @@ from llmshrink.benchmark import machine  # noqa: E402
 TEXT = "The export is scored with the tokenizer inside its file."
 
 
-def load_with_transformers(path: Path) -> tuple[Any, torch.nn.Module]:
-    name = models.gguf_file(path)
-    AutoConfig.from_pretrained(path, gguf_file=name)
-    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=name)
-    return tokenizer, AutoModelForCausalLM.from_pretrained(path, gguf_file=name, dtype=torch.float32,
-                                                           quantization_config=GgufConfig(dequantize=True)).eval()
-
-
-def load_config_cached(path: Path) -> tuple[Any, torch.nn.Module]:
+def load_with_transformers(path: Path, share_config: bool = False) -> tuple[Any, torch.nn.Module]:
+    """transformers' own API; with `share_config`, the config of the check is passed on to the model."""
     name = models.gguf_file(path)
     config = AutoConfig.from_pretrained(path, gguf_file=name)
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=name)
-    return tokenizer, AutoModelForCausalLM.from_pretrained(path, gguf_file=name, config=config, dtype=torch.float32,
+    shared = {"config": config} if share_config else {}
+    return tokenizer, AutoModelForCausalLM.from_pretrained(path, gguf_file=name, dtype=torch.float32, **shared,
                                                            quantization_config=GgufConfig(dequantize=True)).eval()
 
 
@@ -57,7 +52,9 @@ def load_parsed_once(path: Path) -> tuple[Any, torch.nn.Module]:
     return models.load_tokenizer(path), models.load(path, "float32", torch.device("cpu"))
 
 
-PATHS = {"transformers": load_with_transformers, "config_cached": load_config_cached, "parsed_once": load_parsed_once}
+PATHS = {"transformers": load_with_transformers,
+         "config_cached": functools.partial(load_with_transformers, share_config=True),
+         "parsed_once": load_parsed_once}
 
 
 def main() -> None:

@@ -144,7 +144,7 @@ def forks_can_use_cuda() -> bool:
         import torch
 
         os._exit(int(getattr(torch._C, "_cuda_isInBadFork", lambda: False)() and torch.cuda.device_count() > 0))
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    return exit_code(os.waitpid(pid, 0)[1]) == 0
 
 
 def serve(sock: socket.socket) -> None:

@@ -47,6 +47,16 @@ def exported(tmp_path_factory: pytest.TempPathFactory, pruned_dir: Path) -> dict
     return {t: (work / t, export.to_gguf(pruned_dir, work / t, t)) for t in WEIGHT_BOUND}
 
 
+@pytest.fixture
+def gguf_parses(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """The arguments of every GGUF file parse (gguf's `GGUFReader`) from here on."""
+    import gguf
+
+    parses, init = [], gguf.GGUFReader.__init__
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: parses.append(a) or init(self, *a, **k))
+    return parses
+
+
 @pytest.fixture(scope="module")
 def heldout(pruned_dir: Path, prose: str) -> torch.Tensor:
     return torch.stack(windows(tokenize(models.load_tokenizer(pruned_dir), prose[-20_000:]), 128)[:4])
@@ -88,7 +98,7 @@ def test_tokenizer_and_config_come_back_from_the_file(exported: dict, pruned_dir
     assert config["num_hidden_layers"] == 6 and config["intermediate_size"] == 96 and config["tie_word_embeddings"]
 
 
-def test_a_gguf_checkpoint_is_parsed_once_per_process(exported: dict, monkeypatch) -> None:
+def test_a_gguf_checkpoint_is_parsed_once_per_process(exported: dict, gguf_parses: list, monkeypatch) -> None:
     """GGUF's reader parses the whole vocabulary (seconds): a stage that reads the config of an
     export (however often), its tokenizer and its weights parses the file once, builds gguf's tensor-name map
     once, and gets what transformers' own loading gives; gguf is left as it was."""
@@ -96,9 +106,7 @@ def test_a_gguf_checkpoint_is_parsed_once_per_process(exported: dict, monkeypatc
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     out, _ = exported["q4_0"]
-    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    parses, init = [], gguf.GGUFReader.__init__
-    monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: parses.append(a) or init(self, *a, **k))
+    reader, name_map, parses = gguf.GGUFReader, gguf.get_tensor_name_map, gguf_parses
     maps = []
     monkeypatch.setattr(gguf, "get_tensor_name_map", lambda *a: maps.append(a) or name_map(*a))
     models._gguf_config.cache_clear(), models._gguf_reader.cache_clear()
@@ -119,7 +127,8 @@ def test_a_gguf_checkpoint_is_parsed_once_per_process(exported: dict, monkeypatc
     assert tokenizer(text).input_ids == AutoTokenizer.from_pretrained(out, gguf_file=name)(text).input_ids
 
 
-def test_padding_token_comes_from_the_file_where_transformers_drops_it(exported: dict, monkeypatch) -> None:
+def test_padding_token_comes_from_the_file_where_transformers_drops_it(exported: dict, gguf_parses: list,
+                                                                       monkeypatch) -> None:
     out, _ = exported["q4_0"]
     expected = models.load_tokenizer(out).pad_token
     load = models.AutoTokenizer.from_pretrained
@@ -129,14 +138,11 @@ def test_padding_token_comes_from_the_file_where_transformers_drops_it(exported:
         tokenizer.pad_token = None
         return tokenizer
 
-    import gguf
-
     monkeypatch.setattr(models.AutoTokenizer, "from_pretrained", without_pad)
     models.read_config(out)  # as the evaluate stage does first
-    parses, init = [], gguf.GGUFReader.__init__
-    monkeypatch.setattr(gguf.GGUFReader, "__init__", lambda self, *a, **k: parses.append(a) or init(self, *a, **k))
+    parsed = len(gguf_parses)
     assert expected is not None and models.load_tokenizer(out).pad_token == expected
-    assert not parses  # the tokenizer and the padding token come from the file as parsed for the config
+    assert len(gguf_parses) == parsed  # tokenizer and padding token come from the file as parsed for the config
 
 
 def test_rerun_is_byte_identical(exported: dict, pruned_dir: Path, tmp_path: Path) -> None:
