@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from llmshrink import choice, qa, stats, timing
+from llmshrink import choice, kl, qa, stats, timing
 from llmshrink.models import dir_bytes, quantized_modules
 from llmshrink.params import Eval
 from llmshrink.perplexity import text_perplexity
@@ -44,23 +44,33 @@ def model_size(model: torch.nn.Module, path: str | Path) -> dict[str, int]:
 
 
 def evaluate(model: torch.nn.Module, tokenizer: Any, path: str | Path, texts: dict[str, dict[str, str]],
-             records: list[dict[str, Any]], tasks: dict[str, dict[str, Any]], p: Eval, seed: int = 0
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
+             records: list[dict[str, Any]], tasks: dict[str, dict[str, Any]], p: Eval, seed: int = 0,
+             reference: tuple[dict[str, torch.Tensor], str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every quality metric of one loaded checkpoint, each with its 95% bootstrap interval, and the per-item
-    results they come from (for paired comparisons in the report): perplexity of each named text, QA exact
-    match / match, multiple-choice acc / acc_norm, and size."""
+    results they come from (for paired comparisons in the report): perplexity of each named text, KL divergence
+    to the base on the text of `reference` (`kl.load_reference`), QA exact match / match, multiple-choice
+    acc / acc_norm, and size."""
     # before any forward pass: GPTQModel's CPU kernel repacks its weights on the first one (no dequantizing after)
     metrics: dict[str, Any] = {"size": model_size(model, path), "dtype": model_dtype(model),
                                "gptq_kernel": getattr(model, "gptq_kernel", None)}
     items: dict[str, Any] = {"perplexity": {}, "choice": {}}
     metrics["perplexity"] = {}
+    divergence = kl.WindowKL(reference[0]) if reference else None
     for name, t in texts.items():
+        also = divergence if reference and reference[1] == name else None
         with timing.part(f"evaluate/perplexity/{name}"):
-            r = text_perplexity(model, tokenizer, t["text"], p.seq_len, p.batch_size, p.max_windows)
+            r = text_perplexity(model, tokenizer, t["text"], p.seq_len, p.batch_size, p.max_windows, also=also)
         nll, tokens = r.pop("window_nll"), r.pop("window_tokens")
         metrics["perplexity"][name] = {**r, "ci95": stats.ppl_ci(nll, tokens, seed=seed), "domain": t["domain"],
                                        "dataset": t["dataset"]}
         items["perplexity"][name] = {"nll": nll, "tokens": tokens}
+        if also:
+            if tokens != reference[0]["window_tokens"].tolist():
+                raise ValueError(f"the {name} windows differ from the reference's: rerun the reference stage")
+            metrics["kl"] = {name: {"mean": sum(also.sums) / sum(tokens), "ci95": stats.ratio_ci(also.sums, tokens, seed=seed),
+                                    "tokens": sum(tokens), "top_k": reference[0]["indices"].shape[-1],
+                                    "dataset": t["dataset"]}}
+            items["kl"] = {name: {"kl": also.sums, "tokens": tokens}}
     with timing.part("evaluate/qa"):
         trivia = qa.triviaqa(model, tokenizer, records, p.max_new_tokens, p.batch_size, p.chat_template, p.limit)
     items["qa"] = trivia.pop("items")

@@ -1,8 +1,10 @@
-"""llama.cpp's own speed for GGUF files (opt-in): `make edge` builds `llama-bench` from the llama.cpp vendored in
-the llama-cpp-python source distribution (the converter's source, `export.LLAMA_CPP`) into `edge/` (git-ignored);
-the benchmark stage times each GGUF file with it in interleaved rounds when it is there.
+"""llama.cpp's own C++ tools, built once from the llama.cpp vendored in the llama-cpp-python source distribution
+(the converter's source, `export.LLAMA_CPP`) into the download cache, shared by every clone: `llama-quantize`
+(the K-quants and importance-matrix quantization of the export and the baselines) and `llama-bench` (the
+benchmark stage times each GGUF file with it in interleaved rounds).
 
-`python -m llmshrink.llamacpp` builds it (cmake and a C++ compiler; several minutes on 2 cores)."""
+`make edge` (`python -m llmshrink.llamacpp`) builds them (cmake and a C++ compiler; 15-25 minutes on 2 cores,
+once per machine); `make repro` does it first."""
 from __future__ import annotations
 
 import json
@@ -20,13 +22,30 @@ from tqdm import tqdm
 
 from llmshrink import export, models, pypi
 
-BUILD = Path("edge/build")  # relative to the repository root, where stages and make run
-BENCH = BUILD / "bin" / "llama-bench"
+TOOLS = ("llama-quantize", "llama-bench")
 SKIPPED = "llama-bench not built: run `make edge` (builds llama.cpp from the llama-cpp-python sdist)"
 
 
-def build(build_dir: Path = BUILD) -> Path:
-    """Configure and build `llama-bench` (Release, CPU backend for this machine) from the cached llama.cpp source."""
+def build_dir() -> Path:
+    return pypi.cache_dir() / export.LLAMA_CPP.replace("==", "-") / "build"
+
+
+def tool(name: str) -> Path:
+    """The path of the built tool `name` (it may not exist yet)."""
+    return build_dir() / "bin" / name
+
+
+def require(name: str) -> Path:
+    """The built tool `name`, or an error that says how to build it."""
+    if not (path := tool(name)).is_file():
+        raise FileNotFoundError(f"{name} is not built ({path}): run `make edge` once (builds llama.cpp's tools "
+                                f"from the {export.LLAMA_CPP} source distribution, 15-25 minutes on 2 cores)")
+    return path
+
+
+def build(out: Path | None = None) -> Path:
+    """Configure and build `TOOLS` (Release, CPU backend) from the cached llama.cpp source; returns the folder."""
+    out = out or build_dir()
     src = pypi.sdist_dir(export.LLAMA_CPP, "vendor/llama.cpp", (), name="llama.cpp-src")
     # x86-64 with AVX-512 (this project's machines) without AMX: the -march=native build's AMX kernels die with
     # SIGILL on Q4_0 in this VM although the CPU lists amx_int8
@@ -34,10 +53,28 @@ def build(build_dir: Path = BUILD) -> Path:
                                                              "AVX512_BF16"))]
     options = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
                "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DGGML_OPENMP=OFF", *cpu]
-    subprocess.run(["cmake", "-S", str(src), "-B", str(build_dir), *options], check=True)
-    subprocess.run(["cmake", "--build", str(build_dir), "--target", "llama-bench", "-j", str(os.cpu_count())],
-                   check=True)
-    return build_dir / "bin" / "llama-bench"
+    subprocess.run(["cmake", "-S", str(src), "-B", str(out), *options], check=True)
+    subprocess.run(["cmake", "--build", str(out), "--target", *TOOLS, "-j", str(os.cpu_count())], check=True)
+    return out / "bin"
+
+
+def quantize(src: Path, dst: Path, file_type: str, imatrix: Path | None = None, pure: bool = False,
+             types: dict[str, str] | None = None) -> None:
+    """`llama-quantize` of the F16/BF16/F32 GGUF file `src` into `dst` as `file_type` (e.g. q4_k_m), with the
+    importance matrix file `imatrix`; `pure` turns off the K-quant mixtures; `types` sets tensor types by name
+    (`token_embd`, `output`: those flags; other keys: `--tensor-type` patterns)."""
+    cmd = [str(require("llama-quantize"))]
+    if imatrix:
+        cmd += ["--imatrix", str(imatrix)]
+    if pure:
+        cmd.append("--pure")
+    for pattern, kind in (types or {}).items():
+        flag = {"token_embd": ["--token-embedding-type"], "output": ["--output-tensor-type"]}.get(pattern)
+        cmd += [*flag, kind] if flag else ["--tensor-type", f"{pattern}={kind}"]
+    cmd += [str(src), str(dst), file_type.upper(), str(os.cpu_count())]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"llama-quantize failed on {src} (exit {done.returncode}): {done.stderr[-3000:]}")
 
 
 def _peak_rss(pid: int) -> int:
@@ -70,9 +107,10 @@ def _run(binary: Path, file: Path, prompt_tokens: int, new_tokens: int, threads:
 
 
 def bench(files: dict[str, Path], rounds: int, prompt_tokens: int, new_tokens: int, threads: int,
-          binary: Path = BENCH) -> dict[str, Any]:
+          binary: Path | None = None) -> dict[str, Any]:
     """Prefill and decode tokens/s (median over `rounds` interleaved rounds, llama-bench at batch 1) and peak
     resident memory of each GGUF file of `files` (name -> file), with ratios to the first; or why it was skipped."""
+    binary = binary or tool("llama-bench")
     if not binary.is_file():
         return {"skipped": SKIPPED}
     speed: dict[str, list[tuple[float, float]]] = {n: [] for n in files}
@@ -92,10 +130,11 @@ def bench(files: dict[str, Path], rounds: int, prompt_tokens: int, new_tokens: i
 
 
 def compare(paths: dict[str, Path], rounds: int, prompt_tokens: int, new_tokens: int, threads: int,
-            binary: Path = BENCH) -> dict[str, Any]:
+            binary: Path | None = None) -> dict[str, Any]:
     """`bench` of the baseline (the first of `paths`, converted to an F16 GGUF file in a temporary folder) and of
     every GGUF checkpoint of `paths` (name -> folder); or why it was skipped."""
     ggufs = {n: Path(p) / f for n, p in paths.items() if (f := models.gguf_file(p))}
+    binary = binary or tool("llama-bench")
     if not binary.is_file() or not ggufs:
         return {"skipped": SKIPPED if not binary.is_file() else "no GGUF checkpoint among the benchmarked ones"}
     base, path = next(iter(paths.items()))
@@ -108,4 +147,7 @@ def compare(paths: dict[str, Path], rounds: int, prompt_tokens: int, new_tokens:
 if __name__ == "__main__":
     if not shutil.which("cmake"):
         sys.exit("make edge needs cmake (apt-get install cmake, or pip install cmake) and a C++ compiler")
-    print(f"built {build()}")
+    if all(tool(t).is_file() for t in TOOLS):
+        print(f"{', '.join(TOOLS)} already built in {build_dir()}")
+    else:
+        print(f"built {', '.join(TOOLS)} in {build()}")

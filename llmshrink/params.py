@@ -9,13 +9,17 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 from ruamel.yaml import YAML
 
 DTYPES = ("float32", "bfloat16", "float16")
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-GGUF_TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")  # export.type: llama.cpp file types
+CONVERTER_TYPES = ("f16", "bf16", "q8_0")  # GGUF file types llama.cpp's converter writes itself
+GGUF_TYPES = (*CONVERTER_TYPES, "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s", "q4_1", "q4_0",
+              "iq4_xs", "iq4_nl", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")  # and what llama-quantize makes
+GPTQ_GGUF_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")  # llama.cpp's 32-weight block formats (gguf_gptq)
+BLOCK_TYPES = ("q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "iq4_nl", "q3_k", "q2_k")  # tensors
 
 
 def read(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -322,13 +326,14 @@ class Eval:
     dtype: str
     lm_eval: bool | str
     choice_tasks: tuple[str, ...]
+    kl_top_k: int
 
     def __post_init__(self) -> None:
         if not isinstance(self.choice_tasks, (list, tuple)) or not all(isinstance(t, str) for t in self.choice_tasks):
             raise ValueError(f"eval.choice_tasks={self.choice_tasks!r} must be a list of lm-eval task names, e.g. "
                              "[boolq, piqa, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa]")
         object.__setattr__(self, "choice_tasks", tuple(self.choice_tasks))
-        for key, low in (("seq_len", 2), ("batch_size", 1), ("max_new_tokens", 1)):
+        for key, low in (("seq_len", 2), ("batch_size", 1), ("max_new_tokens", 1), ("kl_top_k", 1)):
             integer(f"eval.{key}", getattr(self, key), low)
         cap("eval.max_windows", self.max_windows)
         cap("eval.limit", self.limit)
@@ -378,21 +383,70 @@ class Explore:
             raise ValueError(f"explore.configs={self.configs!r} must be a non-empty mapping of named configurations")
 
 
+def embedding_type(name: str, value: Any) -> str:
+    """A tensor type for the token embedding / output matrix of a GGUF file, or `auto` (llama-quantize's pick)."""
+    return choice(name, value, ("auto", "f16", *BLOCK_TYPES))
+
+
 @dataclass(frozen=True)
 class Export:
     """GGUF export of the final dense checkpoint for llama.cpp-family runtimes, in one llama.cpp file type."""
 
+    SECTION: ClassVar[str] = "export"
     enabled: bool
     type: str
+    imatrix: bool
+    embedding_type: str
 
     def __post_init__(self) -> None:
-        flag("export.enabled", self.enabled)
-        choice("export.type", self.type, GGUF_TYPES)
+        flag(f"{self.SECTION}.enabled", self.enabled)
+        choice(f"{self.SECTION}.type", self.type, GGUF_TYPES)
+        flag(f"{self.SECTION}.imatrix", self.imatrix)
+        embedding_type(f"{self.SECTION}.embedding_type", self.embedding_type)
+
+
+@dataclass(frozen=True)
+class KquantBase(Export):
+    """The baseline a user would make instead: the untouched base through llama.cpp's quantizer (same keys)."""
+
+    SECTION: ClassVar[str] = "kquant_base"
+
+
+@dataclass(frozen=True)
+class Imatrix:
+    """llama.cpp's importance matrix from the calibration text."""
+
+    samples: int
+    seq_len: int
+
+    def __post_init__(self) -> None:
+        integer("imatrix.samples", self.samples, 1)
+        integer("imatrix.seq_len", self.seq_len, 2)
+
+
+@dataclass(frozen=True)
+class GptqGguf:
+    """GPTQ on a llama.cpp block grid, packed into a llama.cpp file."""
+
+    enabled: bool
+    type: str
+    embedding_type: str
+    samples: int
+    seq_len: int
+    damp_percent: float
+
+    def __post_init__(self) -> None:
+        flag("gptq_gguf.enabled", self.enabled)
+        choice("gptq_gguf.type", self.type, GPTQ_GGUF_TYPES)
+        embedding_type("gptq_gguf.embedding_type", self.embedding_type)
+        integer("gptq_gguf.samples", self.samples, 1)
+        integer("gptq_gguf.seq_len", self.seq_len, 2)
+        in_range("gptq_gguf.damp_percent", self.damp_percent, 0, 1, low_open=True, high_open=True)
 
 
 SECTIONS = {"model": Model, "data": Data, "prune": Prune, "wanda": Wanda, "structured": Structured, "lora": Lora,
             "gptq": Gptq, "eora": Eora, "eval": Eval, "benchmark": Benchmark, "explore": Explore,
-            "export": Export}
+            "export": Export, "imatrix": Imatrix, "kquant_base": KquantBase, "gptq_gguf": GptqGguf}
 
 
 def load(section: str, path: str | Path = "params.yaml") -> Any:

@@ -7,7 +7,7 @@ exactly `seq_len` tokens and drops the short tail; `all_tokens` adds no special 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator
 
 import torch
@@ -63,24 +63,30 @@ def _scoring(model: torch.nn.Module) -> Iterator[Callable[..., torch.Tensor]]:
 
 
 @torch.no_grad()
-def window_nll(model: torch.nn.Module, chunks: list[torch.Tensor], batch_size: int,
-               progress: bool = True) -> list[tuple[float, int]]:
+def window_nll(model: torch.nn.Module, chunks: list[torch.Tensor], batch_size: int, progress: bool = True,
+               also: Callable[[int, torch.Tensor], float] | None = None) -> list[tuple[float, int]]:
     """Per window, in the given order: summed next-token NLL and number of predicted tokens. Windows of one
     length run through the decoder together; the output head and the float32 log-softmax then run one window at
     a time, so the [batch, length, vocabulary] logits never exist at once (twice as fast on a CPU, same math);
-    the sums come back in one transfer at the end."""
+    the sums come back in one transfer at the end. `also(i, log_probs)`, if given, is called with each window's
+    float32 log-probabilities [length - 1, vocabulary] (eager, for another measure from the same pass)."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     by_length: dict[int, list[int]] = {}
     for i, c in enumerate(chunks):
         by_length.setdefault(len(c), []).append(i)
     groups = [idx[i : i + batch_size] for idx in by_length.values() for i in range(0, len(idx), batch_size)]
     sums = torch.zeros(len(chunks), dtype=torch.float32, device=model.device)
-    with _scoring(model) as nll_sum:
+    with _scoring(model) if also is None else nullcontext(_nll_sum) as nll_sum:
         for group in tqdm(groups, desc="perplexity", disable=not progress, leave=False):
             batch = torch.stack([chunks[i] for i in group]).to(model.device)
             hidden = decoder(batch, use_cache=False).last_hidden_state[:, :-1]
             for row, i in enumerate(group):
-                sums[i] = nll_sum(head, hidden[row], batch[row, 1:])
+                if also is None:
+                    sums[i] = nll_sum(head, hidden[row], batch[row, 1:])
+                else:
+                    log_probs = F.log_softmax(head(hidden[row]).float(), dim=-1)
+                    sums[i] = -log_probs.gather(-1, batch[row, 1:, None]).sum()
+                    also(i, log_probs)
     return [(nll, len(c) - 1) for nll, c in zip(sums.tolist(), chunks)]
 
 
@@ -92,13 +98,15 @@ def perplexity(model: torch.nn.Module, chunks: list[torch.Tensor], batch_size: i
 
 
 def text_perplexity(model: torch.nn.Module, tokenizer: Any, text: str, seq_len: int, batch_size: int,
-                    max_windows: int | None = None, protocol: str = "standard") -> dict[str, Any]:
+                    max_windows: int | None = None, protocol: str = "standard",
+                    also: Callable[[int, torch.Tensor], float] | None = None) -> dict[str, Any]:
     """Perplexity of `text` in non-overlapping `seq_len` windows (the first `max_windows`) under `protocol`,
-    with the per-window NLL and token counts (`window_nll`, `window_tokens`) for intervals."""
+    with the per-window NLL and token counts (`window_nll`, `window_tokens`) for intervals; `also` as in
+    `window_nll`."""
     chunks = windows(token_ids(tokenizer, text, protocol), seq_len, max_windows, protocol)
     if not chunks:
         raise ValueError(f"the text has fewer than seq_len={seq_len} tokens: no perplexity window")
-    per_window = window_nll(model, chunks, batch_size)
+    per_window = window_nll(model, chunks, batch_size, also=also)
     nll, tokens = [n for n, _ in per_window], [t for _, t in per_window]
     return {"ppl": math.exp(sum(nll) / sum(tokens)), "tokens": sum(tokens), "windows": len(chunks),
             "seq_len": seq_len, "protocol": protocol, "window_nll": nll, "window_tokens": tokens}

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from llmshrink import stats
@@ -21,9 +22,10 @@ def read(eval_dir: str | Path, items_dir: str | Path, order: list[str]) -> tuple
 
 
 def quality(metrics: dict[str, Any]) -> dict[str, tuple[float, list[float]]]:
-    """Each quality metric of one checkpoint as name -> (value, ci95): `ppl_<text>`, `qa_exact_match`,
-    `qa_match`, `<task>_acc`, `<task>_acc_norm`."""
-    out = {f"ppl_{n}": (m["ppl"], m["ci95"]) for n, m in metrics["perplexity"].items()}
+    """Each quality metric of one checkpoint as name -> (value, ci95): `kl_<text>` (KL to base per token),
+    `ppl_<text>`, `qa_exact_match`, `qa_match`, `<task>_acc`, `<task>_acc_norm`."""
+    out = {f"kl_{n}": (m["mean"], m["ci95"]) for n, m in metrics.get("kl", {}).items()}
+    out |= {f"ppl_{n}": (m["ppl"], m["ci95"]) for n, m in metrics["perplexity"].items()}
     out["qa_exact_match"] = (metrics["qa"]["exact_match"], metrics["qa"]["ci95"])
     out["qa_match"] = (metrics["qa"]["match"], metrics["qa"]["match_ci95"])
     for task, m in metrics.get("choice", {}).items():
@@ -54,6 +56,11 @@ def summary(metrics: dict[str, Any], speed: dict[str, Any]) -> pd.DataFrame:
 def paired(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> dict[str, tuple[float, list[float]]]:
     """Metric -> (a - b, paired 95% interval) over the items both checkpoints were scored on."""
     out = {}
+    for text, ia in a.get("kl", {}).items():
+        ib = b.get("kl", {}).get(text)
+        if ib and ib["tokens"] == ia["tokens"]:  # paired difference of the per-token mean over the same windows
+            ratio = lambda kl: np.asarray(kl) / np.sum(ia["tokens"]) * len(ia["tokens"])  # noqa: E731
+            out[f"kl_{text}"] = stats.paired_mean_diff(ratio(ia["kl"]), ratio(ib["kl"]), seed=seed)
     for text, ia in a["perplexity"].items():
         ib = b["perplexity"].get(text)
         if ib and ib["tokens"] == ia["tokens"]:
@@ -69,13 +76,16 @@ def paired(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> dict[str, tup
     return out
 
 
-def comparisons(items: dict[str, Any], seed: int = 0) -> pd.DataFrame:
-    """Long table: each checkpoint against `base` and against the checkpoint before it, per metric:
-    difference, interval and whether the interval excludes 0."""
+def comparisons(items: dict[str, Any], baselines: list[str] = (), seed: int = 0) -> pd.DataFrame:
+    """Long table, per metric: difference, interval and whether the interval excludes 0, of each checkpoint
+    against `base`, against the checkpoint before it in the recipe (the checkpoints before the first baseline),
+    and, unless it is one, against each of the `baselines`."""
     names = list(items)
+    recipe = names[: min((names.index(b) for b in baselines if b in names), default=len(names))]
     rows = []
     for i, name in enumerate(names[1:], 1):
-        against = dict.fromkeys(["base", names[i - 1]])
+        previous = [names[i - 1]] if name in recipe else []
+        against = dict.fromkeys(["base", *previous, *([] if name in baselines else baselines)])
         for ref in (r for r in against if r in items and r != name):
             for metric, (diff, (lo, hi)) in paired(items[name], items[ref], seed).items():
                 rows.append({"checkpoint": name, "against": ref, "metric": metric, "diff": diff, "lo": lo, "hi": hi,
@@ -83,9 +93,32 @@ def comparisons(items: dict[str, Any], seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["checkpoint", "against", "metric", "diff", "lo", "hi", "significant"])
 
 
-def markdown(df: pd.DataFrame, comp: pd.DataFrame, metrics: dict[str, Any]) -> str:
-    """The summary as Markdown: one row per checkpoint (value [95% interval]) and the paired differences,
-    `n.s.` where the interval contains 0."""
+def against_baselines(df: pd.DataFrame, comp: pd.DataFrame, baselines: list[str], keys: list[str]) -> list[str]:
+    """Markdown lines: every checkpoint against every baseline on size and on the metrics `keys` (the first a KL),
+    with a verdict (`beats` only at no more bytes with a significantly lower KL)."""
+    size = df.set_index("checkpoint")["disk_bytes"]
+    rows = comp[comp["against"].isin(baselines) & comp["metric"].isin(keys)]
+    if rows.empty:
+        return []
+    lines = ["", "Against the baselines (what a user would make instead from the untouched base; paired 95% "
+             "intervals; a checkpoint beats a baseline when it has no more bytes and a significantly lower KL):", "",
+             "| checkpoint | baseline | bytes vs baseline | " + " | ".join(f"Δ {k} [95%]" for k in keys) + " | verdict |",
+             "|" + " --- |" * (len(keys) + 4)]
+    for (name, ref), group in rows.groupby(["checkpoint", "against"], sort=False):
+        by = group.set_index("metric")
+        cells = [f"{by.loc[k, 'diff']:+.4g} [{by.loc[k, 'lo']:+.4g}, {by.loc[k, 'hi']:+.4g}]" if k in by.index else "-"
+                 for k in keys]
+        ratio = size[name] / size[ref]
+        kl = by.loc[keys[0]] if keys[0].startswith("kl_") and keys[0] in by.index else None
+        verdict = ("n.s." if kl is None or not kl["significant"] else
+                   f"{ref} better" if kl["diff"] > 0 else "beats" if ratio <= 1 else "better, but larger")
+        lines.append(f"| {name} | {ref} | {ratio:.3f} | " + " | ".join(cells) + f" | {verdict} |")
+    return lines
+
+
+def markdown(df: pd.DataFrame, comp: pd.DataFrame, metrics: dict[str, Any], baselines: list[str] = ()) -> str:
+    """The summary as Markdown: one row per checkpoint (value [95% interval]), the checkpoints against the
+    baselines, and the paired differences, `n.s.` where the interval contains 0."""
     first = next(iter(metrics.values()))
     keys = list(quality(first))
     lines = ["| checkpoint | disk MB | disk vs base | " + " | ".join(keys) + " | decode vs base |",
@@ -97,6 +130,9 @@ def markdown(df: pd.DataFrame, comp: pd.DataFrame, metrics: dict[str, Any]) -> s
                      + " | ".join(cells) + f" | {decode} |")
     texts = "; ".join(f"`ppl_{n}`: {m['dataset']} ({m['domain']}-domain, {m['tokens']:,} tokens, {m['protocol']})"
                       for n, m in first["perplexity"].items())
+    headline = [f"kl_{n}" for n in first.get("kl", {})] + \
+        [f"ppl_{n}" for n, m in first["perplexity"].items() if m["domain"] == "out"]
+    lines += against_baselines(df, comp, list(baselines), headline)
     lines += ["", f"Perplexity texts: {texts}.", "",
               "Paired differences (checkpoint − reference, 95% bootstrap interval over the same items; "
               "n.s. = the interval contains 0):", "",

@@ -38,9 +38,16 @@ def ppl(nll: Sequence[float], tokens: Sequence[int]) -> float:
 def ppl_ci(nll: Sequence[float], tokens: Sequence[int], level: float = 0.95, seed: int = 0,
            resamples: int = RESAMPLES) -> list[float]:
     """Percentile bootstrap interval of the perplexity, resampling windows."""
-    nll_a, tok_a = np.asarray(nll, dtype=np.float64), np.asarray(tokens, dtype=np.float64)
-    idx = _indices(len(nll_a), seed, resamples)
-    return _interval(np.exp(nll_a[idx].sum(axis=1) / tok_a[idx].sum(axis=1)), level)
+    return [float(np.exp(x)) for x in ratio_ci(nll, tokens, level, seed, resamples)]
+
+
+def ratio_ci(sums: Sequence[float], counts: Sequence[float], level: float = 0.95, seed: int = 0,
+             resamples: int = RESAMPLES) -> list[float]:
+    """Percentile bootstrap interval of sum(sums) / sum(counts) (e.g. a per-token mean over windows), resampling
+    windows."""
+    s, c = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+    idx = _indices(len(s), seed, resamples)
+    return _interval(s[idx].sum(axis=1) / c[idx].sum(axis=1), level)
 
 
 def paired_mean_diff(a: Sequence[float], b: Sequence[float], level: float = 0.95, seed: int = 0,

@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("models_dir", help="folder of checkpoint folders, e.g. models")
     parser.add_argument("out", help="JSON to write, e.g. metrics/benchmark.json")
     parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint names; the first is the baseline")
+    parser.add_argument("--baselines", nargs="*", default=[], help="which of them are baselines (unused here)")
     args = parser.parse_args(argv)
     p = params.load("benchmark")
     paths = {name: Path(args.models_dir) / name for name in args.checkpoints}

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from llmshrink import evaluate, hardware, harness, models, params, qa, timing
+from llmshrink import evaluate, hardware, harness, kl, models, params, qa, timing
 from llmshrink.atomic import write_json
 
 
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model", help="checkpoint folder, e.g. models/lora")
     parser.add_argument("data", help="folder of prepare_data: perplexity.json, qa.jsonl, choice.json, e.g. data")
+    parser.add_argument("reference", help="base's log-probs (stage reference), e.g. results/reference.safetensors")
     parser.add_argument("out", help="metrics JSON to write, e.g. metrics/eval/lora.json")
     parser.add_argument("items", help="per-item results JSON to write, e.g. results/items/lora.json")
     args = parser.parse_args(argv)
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     records = qa.read_qa(data / "qa.jsonl")
     model = models.load(args.model, hardware.resolve_dtype(p.dtype))
     tokenizer = models.load_tokenizer(args.model)
-    metrics, items = evaluate.evaluate(model, tokenizer, args.model, texts, records, tasks, p, seed)
+    reference = kl.load_reference(args.reference)
+    metrics, items = evaluate.evaluate(model, tokenizer, args.model, texts, records, tasks, p, seed, reference)
     if p.lm_eval:
         (name, text), *_ = ((k, t["text"]) for k, t in texts.items() if t["domain"] == "in")
         metrics["perplexity"][name] |= harness.wikitext(model, tokenizer, None if p.lm_eval == "hub" else text, p.batch_size)
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, m in metrics["perplexity"].items():
         print(f"{args.model}: ppl[{name}, {m['domain']}] {m['ppl']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] "
               f"over {m['tokens']:,} tokens")
+    for name, m in metrics["kl"].items():
+        print(f"{args.model}: KL to base [{name}] {m['mean']:.4f} [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}] per token")
     for task, m in metrics["choice"].items():
         print(f"{args.model}: {task} acc {m['acc']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] (n={m['n']})")
     print(f"{args.model}: QA EM {metrics['qa']['exact_match']:.3f} / match {metrics['qa']['match']:.3f} "

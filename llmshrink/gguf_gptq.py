@@ -1,0 +1,222 @@
+"""GPTQ on llama.cpp's own block grids, packed into a llama.cpp file: the error feedback of GPTQ, the format of
+`llama-quantize`, so the result runs in llama.cpp, Ollama and LM Studio unchanged.
+
+llama.cpp's quantizer rounds each 32-weight block to its grid independently (with an importance matrix it weights
+each column's error by the mean square of its input, and searches the scale). GPTQ (Frantar et al. 2023) instead
+quantizes one input column at a time and spreads each column's rounding error over the columns not yet quantized
+through the inverse Hessian H = 2 X Xᵀ of calibration inputs, minimising ‖W X − Q X‖ for the whole row. Here the
+grid of every 32-column group is exactly the llama.cpp block format's (`BLOCK_RULES`: the scale and minimum it
+would pick, rounded to float16 as the file stores them), fixed when GPTQ reaches the group (as GPTQ's groupwise
+variant does), so the codes pack into the format's blocks bit for bit (`pack`). Layers are quantized in order,
+each on the outputs of the already quantized layers before it. GPTQModel's GGUF path is round-to-nearest, and
+llama.cpp has no error feedback, so this one algorithm is written here (`gptq_columns`: the paper's Algorithm 1).
+
+The file itself is llama.cpp's: `llama-quantize` writes it (tokenizer, metadata, the embedding / output matrix and
+its type, with the importance matrix); the decoder's linear weights are then overwritten in place with the GPTQ
+blocks of the same type and size.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from llmshrink.params import GPTQ_GGUF_TYPES as FORMATS  # llama.cpp's 32-weight block formats
+
+BLOCK = 32
+
+
+def _f16(x: torch.Tensor) -> torch.Tensor:
+    """Rounded to float16 (as the file stores scales and minima), back in float32."""
+    return x.to(torch.float16).to(torch.float32)
+
+
+def _signed_max(w: torch.Tensor) -> torch.Tensor:
+    """Per row, the value of largest magnitude with its sign (llama.cpp's `max` of the symmetric formats)."""
+    return w.gather(1, w.abs().argmax(1, keepdim=True)).squeeze(1)
+
+
+def _symmetric(levels: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, int, int]]:
+    def rule(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        d = _f16(_signed_max(w) / -(levels // 2))
+        return d, torch.zeros_like(d), -(levels // 2), levels // 2 - 1  # value = d * code, code in [lo, hi]
+    return rule
+
+
+def _asymmetric(levels: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, int, int]]:
+    def rule(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        low, high = w.min(1).values, w.max(1).values
+        return _f16((high - low) / (levels - 1)), _f16(low), 0, levels - 1  # value = d * code + m
+    return rule
+
+
+def _q8_0(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    d = _f16(w.abs().max(1).values / 127)
+    return d, torch.zeros_like(d), -127, 127
+
+
+# per format: block weights [rows, 32] -> (scale d, minimum m, lowest code, highest code), value = d * code + m
+BLOCK_RULES = {"q4_0": _symmetric(16), "q5_0": _symmetric(32), "q4_1": _asymmetric(16), "q5_1": _asymmetric(32),
+               "q8_0": _q8_0}
+
+
+def round_to_grid(w: torch.Tensor, d: torch.Tensor, m: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """The nearest code of each weight of the column `w` on the grid d * code + m (a zero scale: code 0)."""
+    safe = torch.where(d == 0, torch.ones_like(d), d)
+    return torch.where(d == 0, torch.zeros_like(w), torch.round((w - m) / safe)).clamp(lo, hi)
+
+
+def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, fmt: str, damp: float = 0.01, block: int = 128
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ of one weight matrix `w` [rows, cols] (cols a multiple of 32) against `hessian` [cols, cols] on the
+    block grid of `fmt`. Returns the integer codes [rows, cols], scales and minima [rows, cols / 32] (float16
+    values in float32): the dequantized weight is codes * d + m, blockwise."""
+    rule = BLOCK_RULES[fmt]
+    w = w.float().clone()
+    rows, cols = w.shape
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h += damp * torch.diag(h).mean() * torch.eye(cols, dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    codes = torch.zeros_like(w)
+    scales = torch.zeros(rows, cols // BLOCK)
+    minima = torch.zeros(rows, cols // BLOCK)
+    for start in range(0, cols, block):
+        end = min(start + block, cols)
+        w1, err1, hinv1 = w[:, start:end].clone(), torch.zeros(rows, end - start), hinv[start:end, start:end]
+        for i in range(end - start):
+            col = start + i
+            if col % BLOCK == 0:  # the group's grid, from its weights as updated so far
+                d, m, lo, hi = rule(w1[:, i : i + BLOCK])
+                scales[:, col // BLOCK], minima[:, col // BLOCK] = d, m
+            q = round_to_grid(w1[:, i], d, m, lo, hi)
+            codes[:, col] = q
+            err = (w1[:, i] - (q * d + m)) / hinv1[i, i]
+            w1[:, i:] -= err.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            err1[:, i] = err
+        w[:, end:] -= err1 @ hinv[start:end, end:]
+    return codes, scales, minima
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, minima: torch.Tensor) -> torch.Tensor:
+    """codes * d + m with each block's d and m, [rows, cols] float32."""
+    expand = lambda t: t.repeat_interleave(BLOCK, dim=1)  # noqa: E731
+    return codes * expand(scales) + expand(minima)
+
+
+def pack(codes: torch.Tensor, scales: torch.Tensor, minima: torch.Tensor, fmt: str) -> np.ndarray:
+    """The codes as llama.cpp blocks of `fmt` (ggml-common.h's block_q4_0 ... block_q8_0), [rows, bytes per row]."""
+    rows, cols = codes.shape
+    nb = cols // BLOCK
+    c = codes.to(torch.int64).numpy().reshape(rows, nb, BLOCK)
+    half = lambda t: t.numpy().astype(np.float16).view(np.uint8).reshape(rows, nb, 2)  # noqa: E731
+    parts = [half(scales)] + ([half(minima)] if fmt in ("q4_1", "q5_1") else [])
+    if fmt == "q8_0":
+        parts.append(c.astype(np.int8).view(np.uint8))
+    else:
+        u = c + (16 if fmt == "q5_0" else 8 if fmt == "q4_0" else 0)  # stored unsigned
+        if fmt in ("q5_0", "q5_1"):  # bit 4 of code k is bit k of a little-endian uint32
+            high = ((u >> 4) & 1).astype(np.uint64) << np.arange(BLOCK, dtype=np.uint64)
+            parts.append(high.sum(-1).astype("<u4").view(np.uint8).reshape(rows, nb, 4))
+        parts.append(((u[..., :16] & 0xF) | ((u[..., 16:] & 0xF) << 4)).astype(np.uint8))
+    return np.concatenate(parts, axis=-1).reshape(rows, -1)
+
+
+@torch.no_grad()
+def _layer_inputs(model: torch.nn.Module, windows: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, dict]]:
+    """Per calibration batch: the hidden states entering the first decoder layer and the keyword arguments the
+    decoder passes every layer (position embeddings, mask)."""
+    layers = model.get_decoder().layers
+    inputs: list[tuple[torch.Tensor, dict]] = []
+
+    class Captured(Exception):
+        pass
+
+    def capture(_module: torch.nn.Module, args: tuple, kw: dict) -> None:
+        kw = {k: v for k, v in kw.items() if k not in ("past_key_values", "use_cache")}
+        inputs.append((args[0] if args else kw.pop("hidden_states"), {**kw, "use_cache": False}))
+        raise Captured
+
+    handle = layers[0].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        for batch in windows.split(batch_size):
+            try:
+                model(batch.to(model.device), use_cache=False)
+            except Captured:
+                pass
+    finally:
+        handle.remove()
+    return inputs
+
+
+@torch.no_grad()
+def quantize_layers(model: torch.nn.Module, windows: torch.Tensor, fmt: str, names: dict[str, str],
+                    damp: float = 0.01, batch_size: int = 4) -> dict[str, tuple[torch.Tensor, ...]]:
+    """GPTQ of every linear layer of the decoder named in `names` (module name -> llama.cpp tensor name) on the
+    grid of `fmt`, layer after layer, each layer's Hessian from the outputs of the quantized layers before it;
+    the model's weights are replaced by their dequantized values. Returns tensor name -> (codes, d, m)."""
+    out: dict[str, tuple[torch.Tensor, ...]] = {}
+    batches = _layer_inputs(model, windows, batch_size)
+    layers = model.get_decoder().layers
+    prefix = {id(layer): name for name, layer in model.named_modules() if any(layer is l for l in layers)}
+    for layer in tqdm(layers, desc=f"GPTQ {fmt}"):
+        linears = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)
+                   and f"{prefix[id(layer)]}.{n}" in names}
+        hessians = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in linears.items()}
+        tokens = 0
+
+        def accumulate(n: str):  # noqa: ANN202
+            def hook(_module: torch.nn.Module, args: tuple) -> None:
+                x = args[0].reshape(-1, args[0].shape[-1]).double().cpu()
+                hessians[n].add_(x.T @ x)
+            return hook
+
+        handles = [m.register_forward_pre_hook(accumulate(n)) for n, m in linears.items()]
+        for h, kwargs in batches:
+            layer(h, **kwargs)
+            tokens += h.shape[0] * h.shape[1]
+        for handle in handles:
+            handle.remove()
+        for n, m in linears.items():
+            codes, d, mins = gptq_columns(m.weight.data, 2 * hessians[n] / tokens, fmt, damp)
+            m.weight.data = dequantize(codes, d, mins).to(m.weight.dtype)
+            out[names[f"{prefix[id(layer)]}.{n}"]] = (codes, d, mins)
+        batches = [(_first(layer(h, **kwargs)), kwargs) for h, kwargs in batches]
+    return out
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _converter_rows(name: str, rows: np.ndarray, config: Any) -> np.ndarray:
+    """Rows of a matrix in the order llama.cpp's converter writes them: for the LLaMA architectures it permutes
+    the query and key rows of each head into its rotary layout (`LlamaModel.permute`); transformers undoes it."""
+    heads = {"attn_q.weight": config.num_attention_heads, "attn_k.weight": config.num_key_value_heads}
+    n_head = next((h for suffix, h in heads.items() if name.endswith(suffix)), None)
+    if config.model_type not in ("llama", "mistral") or n_head is None:
+        return rows
+    return rows.reshape(n_head, 2, rows.shape[0] // n_head // 2, -1).swapaxes(1, 2).reshape(rows.shape)
+
+
+def write_blocks(file: Path, blocks: dict[str, tuple[torch.Tensor, ...]], fmt: str, config: Any) -> None:
+    """Overwrite, in the GGUF file `file`, each tensor of `blocks` (llama.cpp name -> codes, d, m) with its packed
+    blocks; every such tensor must already be of type `fmt` and the same shape."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(file), "r+")
+    tensors = {t.name: t for t in reader.tensors}
+    for name, (codes, d, m) in blocks.items():
+        t = tensors[name]
+        if t.tensor_type.name != fmt.upper():
+            raise ValueError(f"{file}: {name} is {t.tensor_type.name}, not {fmt.upper()} (gptq_gguf.type)")
+        packed = _converter_rows(name, pack(codes, d, m, fmt), config)
+        if packed.shape != t.data.shape:
+            raise ValueError(f"{file}: {name} has shape {t.data.shape}, the GPTQ blocks {packed.shape}")
+        t.data[...] = packed
+    reader.data.flush()
+    del reader
