@@ -1,5 +1,6 @@
-"""GGUF export: a pruned tiny model (fewer layers, a narrower MLP) through llama.cpp's converter, loaded back with
-transformers: weights within each type's rounding bound, logits exact for F16, byte-identical reruns."""
+"""GGUF export: a pruned tiny model (fewer layers, a narrower MLP) through llama.cpp's converter (and, where `make
+edge` built it, its quantizer), loaded back with transformers: weights within each type's rounding bound, logits
+exact for F16, byte-identical reruns."""
 from __future__ import annotations
 
 import filecmp
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmshrink import depth, export, models, params
+from llmshrink import depth, export, llamacpp, models, params
 from llmshrink.calib import tokenize
 from llmshrink.perplexity import windows
 
@@ -17,6 +18,8 @@ BLOCK = 32  # Q8_0 and Q4_0 blocks: 32 consecutive inputs of a row, one float16 
 # (d stored in float16 adds at most 127 * d * 2^-11); Q4_0's d = (signed max)/-8 maps the other end to at most
 # 7|d|, so a weight of the opposite sign to the max can be off by up to |d| = amax/8.
 WEIGHT_BOUND = {"f16": 0.0, "q8_0": 0.57 / 127, "q4_0": 1.01 / 8}
+QUANTIZER = llamacpp.tool("llama-quantize").is_file()  # q4_0 is llama-quantize's, built by `make edge`
+TYPES = [t for t in WEIGHT_BOUND if t in params.CONVERTER_TYPES or QUANTIZER]
 # max |logit difference| / max |logit| over four held-out windows (measured on this random model: q8_0 0.011,
 # q4_0 0.16; its Gaussian weights are harder on 4 bits than trained ones)
 LOGIT_BOUND = {"f16": 0.0, "q8_0": 0.02, "q4_0": 0.3}
@@ -44,7 +47,7 @@ def pruned_dir(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Path
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, pruned_dir: Path) -> dict[str, tuple[Path, dict]]:
     work = tmp_path_factory.mktemp("export")
-    return {t: (work / t, export.to_gguf(pruned_dir, work / t, t)) for t in WEIGHT_BOUND}
+    return {t: (work / t, export.to_gguf(pruned_dir, work / t, t)) for t in TYPES}
 
 
 @pytest.fixture
@@ -63,13 +66,14 @@ def heldout(pruned_dir: Path, prose: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("file_type", list(WEIGHT_BOUND))
+@pytest.mark.parametrize("file_type", TYPES)
 def test_gguf_loads_back_within_the_types_bound(file_type: str, exported: dict, pruned_dir: Path,
                                                  heldout: torch.Tensor) -> None:
     out, metrics = exported[file_type]
     assert sorted(p.name for p in out.iterdir()) == [export.GGUF_NAME] and models.gguf_file(out) == export.GGUF_NAME
     assert metrics["bytes"] == models.dir_bytes(out) and metrics["layers"] == 6 and metrics["chat_template"]
     quantized = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}[file_type]
+    # llama-quantize's output matrix (the tied embedding): Q6_K, Q8_0 where rows do not divide into 256
     assert set(metrics["tensor_types"]) == {"F32", quantized} | ({"Q8_0"} if file_type == "q4_0" else set())
     dense, gguf = models.load(pruned_dir), models.load(out)  # reading a GGUF takes seconds (its 49k-token vocab)
     assert gguf.config.num_hidden_layers == 6 and gguf.config.intermediate_size == 96
@@ -89,7 +93,7 @@ def test_gguf_loads_back_within_the_types_bound(file_type: str, exported: dict, 
 
 
 def test_tokenizer_and_config_come_back_from_the_file(exported: dict, pruned_dir: Path, prose: str) -> None:
-    out, _ = exported["q4_0"]
+    out, _ = exported["q8_0"]
     tokenizer, original = models.load_tokenizer(out), models.load_tokenizer(pruned_dir)
     text = prose[:5000] + "\ndef main():\n    print('Grüße, world!')  # 3.14"
     assert tokenizer(text).input_ids == original(text).input_ids
@@ -105,7 +109,7 @@ def test_a_gguf_checkpoint_is_parsed_once_per_process(exported: dict, gguf_parse
     import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    out, _ = exported["q4_0"]
+    out, _ = exported["q8_0"]
     reader, name_map, parses = gguf.GGUFReader, gguf.get_tensor_name_map, gguf_parses
     maps = []
     monkeypatch.setattr(gguf, "get_tensor_name_map", lambda *a: maps.append(a) or name_map(*a))
@@ -129,7 +133,7 @@ def test_a_gguf_checkpoint_is_parsed_once_per_process(exported: dict, gguf_parse
 
 def test_padding_token_comes_from_the_file_where_transformers_drops_it(exported: dict, gguf_parses: list,
                                                                        monkeypatch) -> None:
-    out, _ = exported["q4_0"]
+    out, _ = exported["q8_0"]
     expected = models.load_tokenizer(out).pad_token
     load = models.AutoTokenizer.from_pretrained
 
@@ -145,15 +149,18 @@ def test_padding_token_comes_from_the_file_where_transformers_drops_it(exported:
     assert len(gguf_parses) == parsed  # tokenizer and padding token come from the file as parsed for the config
 
 
-def test_rerun_is_byte_identical(exported: dict, pruned_dir: Path, tmp_path: Path) -> None:
-    first, metrics = exported["q4_0"]
-    assert export.to_gguf(pruned_dir, tmp_path / "again", "q4_0") == metrics
+@pytest.mark.parametrize("file_type", TYPES[1:])
+def test_rerun_is_byte_identical(file_type: str, exported: dict, pruned_dir: Path, tmp_path: Path) -> None:
+    first, metrics = exported[file_type]
+    assert export.to_gguf(pruned_dir, tmp_path / "again", file_type) == metrics
     assert filecmp.cmp(first / export.GGUF_NAME, tmp_path / "again" / export.GGUF_NAME, shallow=False)
 
 
 def test_bad_type_names_the_parameter_and_the_choices(tiny_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"export\.type='q4_k_m' is not allowed; choose one of \['f16', .*'q4_0'\]"):
-        params.Export(enabled=True, type="q4_k_m")
+    with pytest.raises(ValueError, match=r"export\.type='q4_k_xl' is not allowed; choose one of \['f16', .*'q4_k_m'"):
+        params.Export(enabled=True, type="q4_k_xl", imatrix=True, embedding_type="auto")
+    with pytest.raises(ValueError, match=r"kquant_base\.embedding_type='q7_0' is not allowed"):
+        params.KquantBase(enabled=True, type="q4_k_m", imatrix=True, embedding_type="q7_0")
     with pytest.raises(ValueError, match=r"export\.type='Q8_0'"):
         export.to_gguf(tiny_dir, tmp_path / "out", "Q8_0")
     assert not (tmp_path / "out").exists()
