@@ -4,10 +4,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export GPTQMODEL_CPU_WORKERS ?= 2
 
-$(STAMP): pyproject.toml
+# The exact versions the tests passed with (requirements.lock), then the project itself without resolving again.
+$(STAMP): pyproject.toml requirements.lock
 	python3.11 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e '.[dev]'
 	touch $(STAMP)
 
 .PHONY: setup repro test gpu-repro edge
