@@ -65,3 +65,13 @@ def test_every_result_records_where_it_came_from(result: Path) -> None:
     data = json.loads(result.read_text(encoding="utf-8"))
     missing = [k for k in ("commit", "hardware", "command", "date") if not data.get(k)]
     assert not missing, f"{result.name} lacks {missing}"
+
+
+def test_provenance_names_commit_machine_command_date_and_versions() -> None:
+    from llmshrink.benchmark import PROVENANCE, VERSIONED, provenance
+
+    record = provenance()
+    assert tuple(record) == PROVENANCE
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", record["commit"]), record["commit"]
+    assert record["hardware"]["cpus"] >= 1 and record["command"].startswith("python ")
+    assert set(record["versions"]) == set(VERSIONED) and record["versions"]["torch"]
