@@ -1,13 +1,17 @@
 # Two commands on a fresh machine: `make repro` (set up, then run the pipeline) and `make test`.
+# The interpreter of .venv: python3.11, or python3.12 (`make repro PYTHON=python3.12` on a fresh checkout).
+PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export GPTQMODEL_CPU_WORKERS ?= 2
 
-$(STAMP): pyproject.toml
-	python3.11 -m venv $(VENV)
+# The exact versions the tests passed with (requirements.lock), then the project itself without resolving again.
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e '.[dev]'
 	touch $(STAMP)
 
 .PHONY: setup repro test gpu-repro edge

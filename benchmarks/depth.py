@@ -16,6 +16,7 @@ import torch
 
 from llmshrink import depth, models
 from llmshrink.atomic import write_json
+from llmshrink.benchmark import provenance
 from llmshrink.calib import token_windows, tokenize
 from llmshrink.perplexity import perplexity, windows
 
@@ -84,6 +85,7 @@ def main() -> None:
             print(f"{criterion} -{k}: {removed} ppl {results[criterion][k]['ppl']}", flush=True)
 
     write_json(args.out, {
+        **provenance(),
         "model": "SmolLM2-135M-Instruct (embedded, 30 layers)",
         "calibration": f"wikitext2/valid_tokens.txt, {args.samples} x {args.seq_len} tokens, seed {args.seed}",
         "perplexity_text": f"wikitext2 test_rows joined by blank lines, {len(chunks)} x 512-token windows "

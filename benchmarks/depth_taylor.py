@@ -15,6 +15,7 @@ import torch
 
 from llmshrink import depth, models
 from llmshrink.atomic import write_json
+from llmshrink.benchmark import provenance
 from llmshrink.calib import token_windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,7 @@ def main() -> None:
     removed = {c: {k: depth.layers_to_remove(s, k, PROTECT_FIRST, PROTECT_LAST) for k in (2, 4, 8)} for c, s in scores.items()}
     shared = {c: {k: sorted(set(removed["taylor"][k]) & set(r[k])) for k in r} for c, r in removed.items() if c != "taylor"}
     write_json(args.out, {
+        **provenance(),
         "model": "SmolLM2-135M-Instruct (embedded, 30 layers)",
         "calibration": f"wikitext2/valid_tokens.txt, {args.samples} x {args.seq_len} tokens, seed 0",
         "protect_first": PROTECT_FIRST,

@@ -40,7 +40,7 @@ def main() -> None:
     text = "\n\n".join(json.loads((DATA / "test_rows.json").read_text(encoding="utf-8")))
     chunks = windows(token_ids(tokenizer, text), args.seq_len, args.windows)
     tokens = sum(len(c) for c in chunks)
-    result = {"machine": benchmark.machine(), "settings": vars(args) | {"out": str(args.out), "tokens": tokens}}
+    result = {**benchmark.provenance(), "settings": vars(args) | {"out": str(args.out), "tokens": tokens}}
     for dtype in ("float32", "bfloat16"):
         model = models.load(tmp, dtype, torch.device("cpu"))
         params = sum(p.numel() for p in model.parameters())

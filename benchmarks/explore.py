@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from llmshrink import explore, models, params
 from llmshrink.atomic import write_json
+from llmshrink.benchmark import provenance
 from llmshrink.data import qa_record
 from llmshrink.perplexity import token_ids, windows
 
@@ -82,6 +83,7 @@ def main() -> None:
                    f"{rows[-1]['seconds']:.1f} s | {samples[name]['sample']!r}")
     total = time.perf_counter() - start
     write_json(args.out, {
+        **provenance(),
         "model": "SmolLM2-135M-Instruct (embedded, float32, 30 layers)",
         "perplexity": f"WikiText-2 raw test, {args.windows} windows x 512 tokens",
         "triviaqa": f"first {args.questions} questions of ../shared/data/triviaqa/validation.jsonl, closed book, "

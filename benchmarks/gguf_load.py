@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmshrink import export, models  # noqa: E402
-from llmshrink.benchmark import machine  # noqa: E402
+from llmshrink.benchmark import PROVENANCE, provenance  # noqa: E402
 
 TEXT = "The export is scored with the tokenizer inside its file."
 
@@ -85,12 +85,13 @@ def main() -> None:
                 assert all(torch.equal(t, reference[1][k]) for k, t in loaded[1].items()), f"{name}: other weights"
                 del tokenizer, model, loaded
         best = {name: min(t) for name, t in times.items()}
-        result = {"shape": args.shape, "machine": machine(), "load_on": "cpu", "gguf_bytes": models.dir_bytes(out),
+        result = {**provenance(), "shape": args.shape, "load_on": "cpu", "gguf_bytes": models.dir_bytes(out),
                   "what": "config check + tokenizer + weights", "seconds": times, "fastest": best,
                   "transformers_over_parsed_once": round(best["transformers"] / best["parsed_once"], 2),
                   "config_cached_over_parsed_once": round(best["config_cached"] / best["parsed_once"], 2)}
     prior = json.loads(args.out.read_text()) if args.out.exists() else {}
-    args.out.write_text(json.dumps({**prior, args.shape: result}, indent=2) + "\n")
+    prior.pop("provenance_note", None)  # the retroactive note of the entries before provenance() was recorded
+    args.out.write_text(json.dumps({**prior, **{k: result[k] for k in PROVENANCE}, args.shape: result}, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

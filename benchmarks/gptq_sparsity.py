@@ -16,6 +16,7 @@ from pathlib import Path
 
 from llmshrink import models, params, quantize, wanda
 from llmshrink.atomic import write_json
+from llmshrink.benchmark import provenance
 from llmshrink.calib import token_windows
 from llmshrink.perplexity import text_perplexity
 
@@ -70,7 +71,7 @@ def main() -> None:
                 "ppl": ppl(models.load(out, "float32")),
                 "seconds": round(time.perf_counter() - start, 1)}
             print(results, flush=True)
-    write_json(args.out, results)
+    write_json(args.out, {**provenance(), **results})
     print(f"wrote {args.out}")
 
 

@@ -34,7 +34,7 @@ def main() -> None:
     model = model.to(dev, hardware.DTYPES[hardware.resolve_dtype("auto", dev)]).eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0)).to(dev)
     eager = [32 / benchmark.prefill_decode(model, prompt, 32)[1] for _ in range(4)][1:]
-    result = {"shape": args.shape, "device": hardware.name(dev), "torch": torch.__version__,
+    result = {**benchmark.provenance(), "shape": args.shape, "device": hardware.name(dev), "torch": torch.__version__,
               "decode_tok_s_b1_eager": statistics.median(eager),
               "decode_tok_s_b1_compiled": benchmark.compiled_decode_tok_s(model, prompt, 32)}
     result["compiled_vs_eager"] = result["decode_tok_s_b1_compiled"] / result["decode_tok_s_b1_eager"]

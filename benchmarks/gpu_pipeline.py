@@ -167,7 +167,9 @@ def write_run(out: Path, run: dict[str, Any]) -> None:
     else:
         unfinished = [r for r in unfinished if r["shape"] != run["shape"]] + [run]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"runs": runs, **({"unfinished": unfinished} if unfinished else {})}, indent=2) + "\n")
+    latest = {k: run[k] for k in benchmark.PROVENANCE if k in run}  # the file's provenance: its latest call's
+    out.write_text(json.dumps({**latest, "runs": runs, **({"unfinished": unfinished} if unfinished else {})},
+                              indent=2) + "\n")
     print(json.dumps(run, indent=2))
 
 
@@ -221,7 +223,7 @@ def main() -> None:
     pending = sorted(json.loads(subprocess.run(["dvc", "status", "--json"], cwd=ws, env=env, capture_output=True,
                                                text=True).stdout or "{}"))  # stages not (yet) reproduced
     dev = hardware.device()
-    run = {"shape": args.shape, "device": hardware.name(dev), "ok": ok and not pending,
+    run = {**benchmark.provenance(), "shape": args.shape, "device": hardware.name(dev), "ok": ok and not pending,
            **({"pending": pending} if pending else {}), **stage_table(read_records(timings)),
            "last_call_seconds": round(total, 1)}
     if run["ok"] or args.throughput:  # not after every call of a run that spans several: it loads the model

@@ -18,6 +18,7 @@ import torch
 
 from llmshrink import hardware, harness, models, qa
 from llmshrink.atomic import write_json
+from llmshrink.benchmark import provenance
 from llmshrink.calib import tokenize
 from llmshrink.data import qa_record
 from llmshrink.perplexity import perplexity, text_perplexity, windows
@@ -118,6 +119,7 @@ def main() -> None:
         "wikitext": wikitext(model, tokenizer, tm, args.max_windows, args.docs, args.batch_size),
         "triviaqa": triviaqa(model, tokenizer, tm, args.questions, args.batch_size),
     }
+    result = {**provenance(), **result}
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
 

@@ -21,6 +21,7 @@ import torch
 
 from llmshrink import calib, depth, lora, models, params, wanda
 from llmshrink.atomic import write_json
+from llmshrink.benchmark import provenance
 from llmshrink.perplexity import perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +88,7 @@ def main() -> None:
 
     m = healed.metrics
     write_json(args.out, {
+        **provenance(),
         "model": "SmolLM2-135M-Instruct (embedded GGUF Q4_1, dequantized to float32)",
         "depth": f"removed layers {REMOVED} (fixed, not scored)",
         "wanda": {"pattern": s.name, "modules": list(s.modules), "samples": s.samples, "seq_len": s.seq_len,

@@ -25,6 +25,7 @@ from typing import Any
 from gpu_pipeline import ROOT, set_params, workspace
 
 from llmshrink import hardware
+from llmshrink.benchmark import provenance
 
 GRID = ROOT / "sweeps" / "multigpu.yaml"
 # one evaluation in about 20 s at this shape instead of the profile's whole multiple-choice sets
@@ -109,8 +110,8 @@ def main() -> None:
     gpus = hardware.gpu_count()
     result = measure(ws, args.jobs, gpus)
     out = json.loads(args.out.read_text()) if args.out.exists() else {}
-    runs = {**out.get("runs", {}), str(args.jobs): result}
-    out = {"gpus": gpus, "experiments": result["experiments"], "shape": args.shape,
+    runs = {**out.get("runs", {}), str(args.jobs): {**provenance(), **result}}
+    out = {**provenance(), "gpus": gpus, "experiments": result["experiments"], "shape": args.shape,
            "device": run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], ROOT).splitlines()[0] if gpus else "cpu",
            "grid": str(args.grid), "runs": runs}
     if runs.get("1", {}).get("wall_seconds") and runs.get(str(gpus), {}).get("wall_seconds"):

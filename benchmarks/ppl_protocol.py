@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 
 from llmshrink import models
 from llmshrink.atomic import write_json
+from llmshrink.benchmark import provenance
 from llmshrink.calib import tokenize
 from llmshrink.perplexity import text_perplexity
 
@@ -46,7 +47,7 @@ def main() -> None:
         r.pop("window_nll"), r.pop("window_tokens")  # per-window values, for intervals; not reported here
         results[name] = r
         print(name, results[name], flush=True)
-    write_json(args.out, results)
+    write_json(args.out, {**provenance(), **results})
     print(f"wrote {args.out}")
 
 

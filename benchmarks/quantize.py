@@ -19,6 +19,7 @@ import torch
 
 from llmshrink import hardware, models, params, quantize
 from llmshrink.atomic import write_json
+from llmshrink.benchmark import provenance
 from llmshrink.calib import tokenize
 from llmshrink.perplexity import perplexity, windows
 
@@ -80,7 +81,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         results["gptq_4bit_eora"] = evaluate(models.load(eora_dir, "float32"), chunks, eora_dir, seconds)
         results["gptq_4bit_eora"]["adapter_bytes"] = metrics["adapter_bytes"]
-    write_json(args.out, results)
+    write_json(args.out, {**provenance(), **results})
     print(json.dumps(results, indent=2))
 
 

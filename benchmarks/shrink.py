@@ -156,7 +156,7 @@ def main() -> None:
               f"out {row['ppl_out_vs_base']:.2f}x, decode {row['decode_vs_base']:.2f}x", flush=True)
     embedding = embedding_bytes(args.base)
     write_json(args.out, {
-        "machine": benchmark.machine(),
+        **benchmark.provenance(),
         "model": "SmolLM2-135M-Instruct (embedded), models/base of the workspace (bfloat16)",
         "goal": GOAL,
         "settings": {"eval_dtype": dtype, "perplexity": {"seq_len": e.seq_len, "max_windows": e.max_windows,

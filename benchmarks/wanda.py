@@ -16,6 +16,7 @@ import torch
 
 from llmshrink import calib, hardware, models, params, wanda
 from llmshrink.atomic import write_json
+from llmshrink.benchmark import provenance
 from llmshrink.perplexity import perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,7 @@ def main() -> None:
         results.append(row)
 
     write_json(args.out, {
+        **provenance(),
         "model": "SmolLM2-135M-Instruct (embedded GGUF Q4_1, dequantized to float32)",
         "modules": list(params.MODULES),
         "calibration": {"text": "wikitext2/valid_tokens.txt", "samples": args.samples, "seq_len": args.seq_len, "seed": 0},

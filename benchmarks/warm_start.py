@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmshrink.benchmark import machine  # noqa: E402
+from llmshrink.benchmark import provenance  # noqa: E402
 
 STAGES = ["prepare_model", "score_layers", "lora", "quantize", "evaluate", "benchmark", "report"]
 
@@ -45,7 +45,7 @@ def main() -> None:
         for stage in STAGES:
             times[stage]["cold"].append(seconds(stage, cold))
             times[stage]["warm"].append(seconds(stage, warm))
-    result = {"machine": machine(),
+    result = {**provenance(),
               "rounds": args.rounds, "first_warm_call_seconds": round(first, 2), "stages": {}}
     for stage, t in times.items():
         c, w = statistics.median(t["cold"]), statistics.median(t["warm"])

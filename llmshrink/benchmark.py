@@ -6,9 +6,14 @@ result is the median over rounds with its spread (min, max) and its ratio to the
 """
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
 import os
 import platform
+import shlex
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,45 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
+    }
+
+
+# libraries whose versions a measured number depends on (distribution names)
+VERSIONED = ("torch", "transformers", "gptqmodel", "lm_eval", "gguf")
+PROVENANCE = ("commit", "hardware", "command", "date", "versions")  # the keys provenance() returns
+
+
+def provenance() -> dict[str, Any]:
+    """Where a benchmark result comes from, for the top of its result file (`{**provenance(), ...}`): the commit
+    (`git rev-parse HEAD` of this checkout, "-dirty" when tracked files differ from it), the machine (`machine()`,
+    as `hardware`), the command line, the UTC date, and the versions of the libraries in VERSIONED."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown (not a git checkout)"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    script = Path(sys.argv[0])
+    if script.is_absolute() and script.is_relative_to(root):
+        script = script.relative_to(root)
+    return {
+        "commit": commit,
+        "hardware": machine(),
+        "command": shlex.join(["python", str(script), *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions,
     }
 
 
