@@ -17,15 +17,17 @@ $(STAMP): pyproject.toml requirements.lock
 .PHONY: setup repro test gpu-repro edge
 setup: $(STAMP)
 
-# Stages run in forks of one process that imported torch and transformers once (llmshrink/warm.py).
-repro: $(STAMP)
+# Stages run in forks of one process that imported torch and transformers once (llmshrink/warm.py); llama.cpp's
+# quantizer (export, kquant_base, gptq_gguf) is built first, once per machine (`edge`).
+repro: $(STAMP) edge
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m llmshrink.warm dvc repro
 
 test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -v tests
 
-# Opt-in: llama.cpp's llama-bench built from the llama-cpp-python sdist into edge/ (cmake, C++; minutes on 2 cores);
-# the benchmark stage then adds llama.cpp's tokens/s for base (as F16 GGUF) and the GGUF export.
+# llama.cpp's llama-quantize and llama-bench built from the llama-cpp-python sdist into the download cache (cmake,
+# C++; 15-25 minutes on 2 cores, once per machine; nothing when built): the K-quants and importance-matrix types of
+# the GGUF stages, and llama.cpp's tokens/s for every GGUF file in the benchmark stage.
 edge: $(STAMP)
 	$(BIN)/python -m llmshrink.llamacpp
 

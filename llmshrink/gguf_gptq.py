@@ -17,12 +17,17 @@ blocks of the same type and size.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from llmshrink import export, hardware, imatrix, models, timing
+from llmshrink.atomic import atomic_dir
+from llmshrink.calib import token_windows
+from llmshrink.params import GptqGguf
 from llmshrink.params import GPTQ_GGUF_TYPES as FORMATS  # llama.cpp's 32-weight block formats
 
 BLOCK = 32
@@ -155,38 +160,60 @@ def _layer_inputs(model: torch.nn.Module, windows: torch.Tensor, batch_size: int
 
 @torch.no_grad()
 def quantize_layers(model: torch.nn.Module, windows: torch.Tensor, fmt: str, names: dict[str, str],
-                    damp: float = 0.01, batch_size: int = 4) -> dict[str, tuple[torch.Tensor, ...]]:
+                    damp: float = 0.01, batch_size: int = 4, head_format: str | None = None
+                    ) -> dict[str, tuple[torch.Tensor, ...]]:
     """GPTQ of every linear layer of the decoder named in `names` (module name -> llama.cpp tensor name) on the
     grid of `fmt`, layer after layer, each layer's Hessian from the outputs of the quantized layers before it;
-    the model's weights are replaced by their dequantized values. Returns tensor name -> (codes, d, m)."""
+    the model's weights are replaced by their dequantized values. With `head_format`, the output matrix too (on
+    the final hidden states of the quantized decoder), under `names`' name for the head. Returns tensor name ->
+    (codes, d, m)."""
     out: dict[str, tuple[torch.Tensor, ...]] = {}
     batches = _layer_inputs(model, windows, batch_size)
-    layers = model.get_decoder().layers
-    prefix = {id(layer): name for name, layer in model.named_modules() if any(layer is l for l in layers)}
-    for layer in tqdm(layers, desc=f"GPTQ {fmt}"):
-        linears = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)
-                   and f"{prefix[id(layer)]}.{n}" in names}
-        hessians = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in linears.items()}
-        tokens = 0
+    decoder = model.get_decoder()
+    prefix = {id(layer): name for name, layer in model.named_modules() if any(layer is l for l in decoder.layers)}
+    for layer in tqdm(decoder.layers, desc=f"GPTQ {fmt}"):
+        linears = {f"{prefix[id(layer)]}.{n}": m for n, m in layer.named_modules()
+                   if isinstance(m, torch.nn.Linear) and f"{prefix[id(layer)]}.{n}" in names}
+        hessians = _hessians(linears, lambda: [layer(h, **kwargs) for h, kwargs in batches])
+        for n, m in linears.items():
+            out[names[n]] = _quantize(m, hessians[n], fmt, damp)
+        batches = [(_first(layer(h, **kwargs)), kwargs) for h, kwargs in batches]
+    if head_format:  # its input: the final norm of the last layer's output (the logits are never needed)
+        head = model.get_output_embeddings()
+        x = torch.cat([decoder.norm(h).reshape(-1, h.shape[-1]) for h, _ in batches]).double().cpu()
+        name = next(n for n, m in model.named_modules() if m is head)
+        out[names[name]] = _quantize(head, 2 * x.T @ x / len(x), head_format, damp)
+    return out
 
-        def accumulate(n: str):  # noqa: ANN202
-            def hook(_module: torch.nn.Module, args: tuple) -> None:
-                x = args[0].reshape(-1, args[0].shape[-1]).double().cpu()
-                hessians[n].add_(x.T @ x)
-            return hook
 
-        handles = [m.register_forward_pre_hook(accumulate(n)) for n, m in linears.items()]
-        for h, kwargs in batches:
-            layer(h, **kwargs)
-            tokens += h.shape[0] * h.shape[1]
+def _hessians(linears: dict[str, torch.nn.Module], run: Callable[[], Any]) -> dict[str, torch.Tensor]:
+    """2 X Xᵀ / tokens of each linear's input over the forward passes `run` makes."""
+    sums = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in linears.items()}
+    tokens = dict.fromkeys(linears, 0)
+
+    def accumulate(n: str):  # noqa: ANN202
+        def hook(_module: torch.nn.Module, args: tuple) -> None:
+            x = args[0].reshape(-1, args[0].shape[-1]).double().cpu()
+            sums[n].add_(x.T @ x)
+            tokens[n] += x.shape[0]
+        return hook
+
+    handles = [m.register_forward_pre_hook(accumulate(n)) for n, m in linears.items()]
+    try:
+        run()
+    finally:
         for handle in handles:
             handle.remove()
-        for n, m in linears.items():
-            codes, d, mins = gptq_columns(m.weight.data, 2 * hessians[n] / tokens, fmt, damp)
-            m.weight.data = dequantize(codes, d, mins).to(m.weight.dtype)
-            out[names[f"{prefix[id(layer)]}.{n}"]] = (codes, d, mins)
-        batches = [(_first(layer(h, **kwargs)), kwargs) for h, kwargs in batches]
-    return out
+    return {n: 2 * sums[n] / tokens[n] for n in linears}
+
+
+def _quantize(m: torch.nn.Linear, hessian: torch.Tensor, fmt: str, damp: float) -> tuple[torch.Tensor, ...]:
+    """GPTQ of one linear layer in place (its weight becomes the dequantized one); its codes, scales, minima."""
+    if m.in_features % BLOCK:
+        raise ValueError(f"gptq_gguf needs input widths divisible by {BLOCK}; a layer has {m.in_features}")
+    codes, d, mins = gptq_columns(m.weight.data, hessian, fmt, damp)
+    m.weight.data = dequantize(codes, d, mins).to(m.weight.device, m.weight.dtype)
+    return codes, d, mins
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -203,20 +230,50 @@ def _converter_rows(name: str, rows: np.ndarray, config: Any) -> np.ndarray:
     return rows.reshape(n_head, 2, rows.shape[0] // n_head // 2, -1).swapaxes(1, 2).reshape(rows.shape)
 
 
-def write_blocks(file: Path, blocks: dict[str, tuple[torch.Tensor, ...]], fmt: str, config: Any) -> None:
+def write_blocks(file: Path, blocks: dict[str, tuple[torch.Tensor, ...]], config: Any) -> None:
     """Overwrite, in the GGUF file `file`, each tensor of `blocks` (llama.cpp name -> codes, d, m) with its packed
-    blocks; every such tensor must already be of type `fmt` and the same shape."""
+    blocks in the tensor's own type (one of `FORMATS`), which must have the same shape."""
     import gguf
 
     reader = gguf.GGUFReader(str(file), "r+")
     tensors = {t.name: t for t in reader.tensors}
     for name, (codes, d, m) in blocks.items():
         t = tensors[name]
-        if t.tensor_type.name != fmt.upper():
-            raise ValueError(f"{file}: {name} is {t.tensor_type.name}, not {fmt.upper()} (gptq_gguf.type)")
+        if (fmt := t.tensor_type.name.lower()) not in FORMATS:
+            raise ValueError(f"{file}: {name} is {t.tensor_type.name}, not one of {list(FORMATS)}")
         packed = _converter_rows(name, pack(codes, d, m, fmt), config)
         if packed.shape != t.data.shape:
             raise ValueError(f"{file}: {name} has shape {t.data.shape}, the GPTQ blocks {packed.shape}")
         t.data[...] = packed
     reader.data.flush()
     del reader
+
+
+def make(src: str | Path, out: str | Path, matrix: str | Path | None, p: GptqGguf, text: str, seed: int
+         ) -> dict[str, Any]:
+    """GPTQ of the dense checkpoint `src` on the grid of `p.type`, written into `out/model.gguf` (llama-quantize's
+    file with the importance matrix file `matrix`, its decoder weights replaced), atomically; each GPTQ weight is
+    checked against the file as transformers reads it back. Returns the metrics."""
+    model = models.load(src, "float32")
+    windows = token_windows(models.load_tokenizer(src), text, p.samples, p.seq_len, seed)
+    names = {n: g for n, g in imatrix.gguf_names(model).items() if g.startswith("blk.") or p.embedding_gptq}
+    if p.embedding_gptq and model.config.tie_word_embeddings:  # the one matrix is the file's token embedding
+        names = {n: "token_embd.weight" if g == "output.weight" else g for n, g in names.items()}
+    with timing.part("gptq_gguf/gptq"):
+        blocks = quantize_layers(model, windows, p.type, names, p.damp_percent,
+                                 head_format=p.embedding_type if p.embedding_gptq else None)
+    emb = {} if p.embedding_type == "auto" else {"token_embd": p.embedding_type, "output": p.embedding_type}
+    with atomic_dir(out) as tmp:
+        described = export.to_gguf(src, tmp / "container", p.type, matrix, emb, pure=True)
+        (tmp / "container" / export.GGUF_NAME).rename(tmp / export.GGUF_NAME)
+        (tmp / "container").rmdir()
+        write_blocks(tmp / export.GGUF_NAME, blocks, model.config)
+        read_back = dict(models.load(tmp, "float32", torch.device("cpu")).named_modules())
+        ours = dict(model.named_modules())
+        for name in names:  # the tied embedding is checked as the head
+            if not torch.equal(read_back[name].weight, ours[name].weight.cpu()):
+                raise RuntimeError(f"{name}: the GGUF file does not hold the GPTQ weights (row order?)")
+    return {**described, **export.describe(Path(out) / export.GGUF_NAME), "gptq_type": p.type,
+            "embedding_gptq": p.embedding_gptq,
+            "samples": p.samples, "seq_len": p.seq_len, "damp_percent": p.damp_percent,
+            "device": hardware.name(model.device)}

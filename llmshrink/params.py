@@ -431,6 +431,7 @@ class GptqGguf:
     enabled: bool
     type: str
     embedding_type: str
+    embedding_gptq: bool
     samples: int
     seq_len: int
     damp_percent: float
@@ -439,6 +440,8 @@ class GptqGguf:
         flag("gptq_gguf.enabled", self.enabled)
         choice("gptq_gguf.type", self.type, GPTQ_GGUF_TYPES)
         embedding_type("gptq_gguf.embedding_type", self.embedding_type)
+        if flag("gptq_gguf.embedding_gptq", self.embedding_gptq):
+            choice("gptq_gguf.embedding_type (with embedding_gptq)", self.embedding_type, GPTQ_GGUF_TYPES)
         integer("gptq_gguf.samples", self.samples, 1)
         integer("gptq_gguf.seq_len", self.seq_len, 2)
         in_range("gptq_gguf.damp_percent", self.damp_percent, 0, 1, low_open=True, high_open=True)

@@ -1,11 +1,19 @@
 """GPTQ on llama.cpp block grids: the packed blocks are llama.cpp's format bit for bit, and the error feedback
 beats llama.cpp's round-to-nearest on the same grid."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType, quants
 
-from llmshrink.gguf_gptq import FORMATS, dequantize, gptq_columns, pack
+from llmshrink import export, imatrix, llamacpp, models
+from llmshrink.calib import token_windows, tokenize
+from llmshrink.gguf_gptq import FORMATS, dequantize, gptq_columns, make, pack
+from llmshrink.params import GptqGguf
+from llmshrink.perplexity import windows
+
+QUANTIZER = llamacpp.tool("llama-quantize").is_file()
 
 
 def _problem(rows: int = 48, cols: int = 256, tokens: int = 2048, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,3 +45,27 @@ def test_gptq_has_less_output_error_than_llama_cpp_rounding(fmt: str) -> None:
     assert error(gptq) < 0.8 * error(rtn)
     # and each weight stays on its block's grid: at most one step from the weight it replaced, mostly
     assert float((gptq - w).abs().mean()) < 2 * float((rtn - w).abs().mean())
+
+
+@pytest.mark.skipif(not QUANTIZER, reason="llama-quantize not built (`make edge`)")
+@pytest.mark.parametrize("head", [False, True])
+def test_gguf_file_holds_the_gptq_weights_and_beats_llama_cpp_on_held_out_text(
+        head: bool, tiny_dir: Path, prose: str, tmp_path: Path) -> None:
+    """The stage's file loads in transformers with every GPTQ weight (the stage checks it bit for bit), and its
+    logits on text GPTQ never saw are closer to the float model's than llama-quantize's Q4_0 of the same model
+    with the same importance matrix (tied embedding Q8_0 in both)."""
+    tokenizer = models.load_tokenizer(tiny_dir)
+    matrix = tmp_path / "imatrix.gguf"
+    imatrix.write_imatrix(matrix, imatrix.imatrix(models.load(tiny_dir), token_windows(tokenizer, prose[:40_000], 8, 64, 0)),
+                          "prose", 64)
+    p = GptqGguf(enabled=True, type="q4_0", embedding_type="q8_0", embedding_gptq=head, samples=8, seq_len=64,
+                 damp_percent=0.01)
+    metrics = make(tiny_dir, tmp_path / "gptq", matrix, p, prose[:40_000], seed=0)
+    assert set(metrics["tensor_types"]) == {"F32", "Q4_0", "Q8_0"} and metrics["tensor_types"]["Q8_0"] == 1
+    export.to_gguf(tiny_dir, tmp_path / "rtn", "q4_0", matrix, {"token_embd": "q8_0", "output": "q8_0"}, pure=True)
+    held_out = torch.stack(windows(tokenize(tokenizer, prose[-20_000:]), 64)[:8])
+    with torch.no_grad():
+        exact = models.load(tiny_dir)(held_out).logits
+        error = {name: float((models.load(tmp_path / name)(held_out).logits - exact).square().mean())
+                 for name in ("gptq", "rtn")}
+    assert error["gptq"] < 0.9 * error["rtn"]

@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmshrink import llamacpp
 from llmshrink import params as params_file
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_model", "prepare_data", "score_layers", "depth_prune", "width_prune", "lora",
-          "quantize", "eora", "export", "evaluate@base", "evaluate@eora", "evaluate@export", "benchmark", "report",
-          "explore_layers"]
+          "quantize", "eora", "imatrix@base", "imatrix@lora", "export", "gptq_base", "kquant_base", "gptq_gguf",
+          "reference", "evaluate@base", "evaluate@eora", "evaluate@export", "evaluate@kquant_base",
+          "evaluate@gptq_gguf", "benchmark", "report", "explore_layers"]
+QUANTIZER = llamacpp.tool("llama-quantize").is_file()  # built by `make edge`; without it, the converter's types
 TINY_OVERRIDES = {
     "model": {"source": "tiny", "dtype": "float32"},
     "prune": {"samples": 2, "seq_len": 64, "layers": 2},
@@ -23,6 +26,10 @@ TINY_OVERRIDES = {
     "lora": {"steps": 3, "batch_size": 2, "seq_len": 64},
     "gptq": {"group_size": 32, "samples": 4, "seq_len": 64},
     "eora": {"samples": 4, "seq_len": 64},
+    "imatrix": {"samples": 4, "seq_len": 64},
+    "export": {"type": "q4_0" if QUANTIZER else "q8_0"},
+    "kquant_base": {"type": "q4_k_m" if QUANTIZER else "q8_0"},
+    "gptq_gguf": {"enabled": QUANTIZER, "samples": 4, "seq_len": 64},
     "data": {"qa_eval": 16, "choice_items": 8,  # the tiny run's multiple choice: its QA set and ARC-Easy (shared data)
              "choice_files": {"arc_easy": str(ROOT.parent / "shared" / "data" / "zeroshot" / "arc_easy.jsonl")}
              if (ROOT.parent / "shared" / "data").is_dir() else {}},

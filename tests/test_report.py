@@ -99,3 +99,24 @@ def test_report_stage_writes_tables_and_plots(metrics_dir: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "stages" / "report.py"), "metrics/eval", "metrics/items",
                     "metrics/benchmark.json", "metrics", "--checkpoints", *ORDER], cwd=cwd, check=True)
     assert all((metrics_dir / "plots" / "report" / p).read_bytes() == b for p, b in first.items())  # reproducible
+
+
+def test_checkpoints_against_the_baselines_with_paired_kl() -> None:
+    """Every checkpoint but base and the baselines is compared with each baseline; the recipe's 'previous'
+    comparison stops at the first baseline; KL's paired difference is per token; the verdict needs no more
+    bytes and a significantly lower KL."""
+    def item(kl: float, nll: float) -> dict:
+        return {"perplexity": {"news": {"nll": [nll * 10 + i for i in range(4)], "tokens": [10] * 4}},
+                "kl": {"news": {"kl": [kl * 10 + 0.01 * i for i in range(4)], "tokens": [10] * 4}},
+                "qa": {"exact_match": [1.0], "match": [1.0]}}
+
+    items = {"base": item(0.0, 3.0), "export": item(0.1, 3.3), "kq": item(0.05, 3.1), "gg": item(0.02, 3.05)}
+    comp = report.comparisons(items, ["kq"])
+    pairs = set(zip(comp["checkpoint"], comp["against"]))
+    assert pairs == {("export", "base"), ("export", "kq"), ("kq", "base"), ("gg", "base"), ("gg", "kq")}
+    kl = comp.set_index(["checkpoint", "against", "metric"]).loc[("gg", "kq", "kl_news")]
+    assert kl["diff"] == pytest.approx(-0.03) and kl["significant"]
+    sizes = pd.DataFrame({"checkpoint": list(items), "disk_bytes": [100, 40, 30, 29]})
+    lines = report.against_baselines(sizes, comp, ["kq"], ["kl_news", "ppl_news"])
+    assert any(line.startswith("| gg | kq | 0.967 |") and line.endswith("| beats |") for line in lines)
+    assert any(line.startswith("| export | kq | 1.333 |") and line.endswith("| kq better |") for line in lines)
