@@ -1,6 +1,7 @@
 """Benchmark: llama.cpp's own quantizer (with and without the importance matrix, K-quants and 32-block types,
 embedding types) against GPTQ on llama.cpp's block grids (`gptq_gguf`), on the untouched base and on the recipe's
-`lora` checkpoint, each file scored like every pipeline checkpoint: out-of-domain (news) and in-domain (pydoc)
+`lora` checkpoint, and GPTQModel's GPTQ of the base with other group sizes, symmetry, act-order and calibration,
+each checkpoint scored like every pipeline checkpoint: out-of-domain (news) and in-domain (pydoc)
 perplexity and KL to base on the news windows, 95% bootstrap intervals, and paired differences of each GPTQ file
 against the llama.cpp file of the same types. The pipeline's own checkpoints (GPTQ g64 of base, eora, export)
 are read from their committed evaluations, which used the same windows.
@@ -22,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from llmshrink import export, gguf_gptq, hardware, imatrix, kl, models, params, stats
+from llmshrink import export, gguf_gptq, hardware, imatrix, kl, models, params, quantize, stats
 from llmshrink.atomic import atomic_file, write_json
 from llmshrink.benchmark import provenance
 from llmshrink.perplexity import text_perplexity
@@ -53,9 +54,18 @@ VARIANTS = {
     "gptq_gguf Q4_1, embedding Q8_0": ("base", "gptq_gguf", "q4_1", True, "q8_0"),
     "llama.cpp Q4_K_M + imatrix of lora": ("lora", "llama.cpp", "q4_k_m", True, "auto"),
 }
+# GPTQModel's GPTQ of the base (the `gptq` section's quantizer; embedding kept in 16 bits) with other settings
+GPTQMODEL = {"GPTQModel 4-bit g32 sym": {"group_size": 32},
+             "GPTQModel 4-bit g32 asym": {"group_size": 32, "sym": False},
+             "GPTQModel 4-bit g32 asym, act-order": {"group_size": 32, "sym": False, "desc_act": True},
+             "GPTQModel 4-bit g32 asym, mixed calibration": {"group_size": 32, "sym": False, "mixed": True}}
 # paired differences, first minus second: each GPTQ file against the llama.cpp file of the same types, and the
 # GPTQ options against the default
 PAIRS = {"gptq_gguf Q4_0, embedding Q5_0": "llama.cpp Q4_0 + imatrix, embedding Q5_0",
+         "GPTQModel 4-bit g32 sym": "pipeline: GPTQ 4-bit g64 of base (gptq_base)",
+         "GPTQModel 4-bit g32 asym": "GPTQModel 4-bit g32 sym",
+         "GPTQModel 4-bit g32 asym, act-order": "GPTQModel 4-bit g32 asym",
+         "GPTQModel 4-bit g32 asym, mixed calibration": "GPTQModel 4-bit g32 asym",
          "gptq_gguf Q4_0, embedding Q5_0, mixed calibration": "gptq_gguf Q4_0, embedding Q5_0",
          "gptq_gguf Q4_0, embedding Q5_0 by GPTQ too": "gptq_gguf Q4_0, embedding Q5_0",
          "gptq_gguf Q4_0, embedding Q4_0": "llama.cpp Q4_0 + imatrix, embedding Q4_0",
@@ -65,10 +75,27 @@ COMMITTED = {"pipeline: base (bf16)": "base", "pipeline: GPTQ 4-bit g64 of base 
              "pipeline: default recipe, final (eora)": "eora", "pipeline: default recipe's GGUF export": "export"}
 
 
+def calibration(mixed: bool) -> str:
+    """data/calibration.txt (the healing domain); `mixed`: half of it, half WikiText-2 validation text."""
+    text = (ROOT / "data" / "calibration.txt").read_text(encoding="utf-8")
+    if mixed:
+        half = len(text) // 2
+        text = text[:half] + "\n\n" + WIKITEXT_VALID.read_text(encoding="utf-8")[:half]
+    return text
+
+
 def make(name: str, tmp: Path) -> Path:
-    """The GGUF folder of variant `name`, written under `tmp`."""
+    """The checkpoint folder of variant `name`, written under `tmp`."""
+    raw = params.read(ROOT / "params.yaml")
+    out = tmp / name.replace(" ", "_").replace(",", "").replace("+", "")
+    if name in GPTQMODEL:
+        settings = dict(GPTQMODEL[name])
+        mixed = settings.pop("mixed", False)
+        p = dataclasses.replace(params.Gptq(**raw["gptq"]), **settings)
+        quantize.gptq(ROOT / "models" / "base", out, p, calibration(mixed), raw["seed"])
+        return out
     source, maker, file_type, use_imatrix, embedding = VARIANTS[name]
-    src, out = ROOT / "models" / source, tmp / name.replace(" ", "_").replace(",", "").replace("+", "")
+    src = ROOT / "models" / source
     matrix = ROOT / "results" / "imatrix" / source / imatrix.FILE_NAME if use_imatrix else None
     if maker == "wheel":
         out.mkdir()
@@ -77,14 +104,9 @@ def make(name: str, tmp: Path) -> Path:
         types = {} if embedding == "auto" else {"token_embd": embedding, "output": embedding}
         export.to_gguf(src, out, file_type, matrix, types)
     else:
-        raw = params.read(ROOT / "params.yaml")
         p = dataclasses.replace(params.GptqGguf(**raw["gptq_gguf"]), type=file_type, embedding_type=embedding,
                                 embedding_gptq=maker.endswith("+head"))
-        text = (ROOT / "data" / "calibration.txt").read_text(encoding="utf-8")
-        if maker.endswith("+mixed"):
-            half = len(text) // 2
-            text = text[:half] + "\n\n" + WIKITEXT_VALID.read_text(encoding="utf-8")[:half]
-        gguf_gptq.make(src, out, matrix, p, text, raw["seed"])
+        gguf_gptq.make(src, out, matrix, p, calibration(maker.endswith("+mixed")), raw["seed"])
     return out
 
 
@@ -153,7 +175,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", nargs="*", default=list(VARIANTS), help="variant names to (re)make")
+    ap.add_argument("--only", nargs="*", default=[*VARIANTS, *GPTQMODEL], help="variant names to (re)make")
     args = ap.parse_args()
     p = params.load("eval", ROOT / "params.yaml")
     texts = json.loads((ROOT / "data" / "perplexity.json").read_text())

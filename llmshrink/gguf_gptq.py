@@ -190,12 +190,15 @@ def _hessians(linears: dict[str, torch.nn.Module], run: Callable[[], Any]) -> di
     """2 X Xᵀ / tokens of each linear's input over the forward passes `run` makes."""
     sums = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in linears.items()}
     tokens = dict.fromkeys(linears, 0)
+    last: list = [None, None]  # the latest input and its X Xᵀ: q/k/v (and gate/up) share one input
 
     def accumulate(n: str):  # noqa: ANN202
         def hook(_module: torch.nn.Module, args: tuple) -> None:
-            x = args[0].reshape(-1, args[0].shape[-1]).double().cpu()
-            sums[n].add_(x.T @ x)
-            tokens[n] += x.shape[0]
+            if last[0] is not args[0]:
+                x = args[0].reshape(-1, args[0].shape[-1]).float()
+                last[:] = [args[0], (x.T @ x).double().cpu()]  # one batch in float32, summed in float64
+            sums[n].add_(last[1])
+            tokens[n] += args[0].numel() // args[0].shape[-1]
         return hook
 
     handles = [m.register_forward_pre_hook(accumulate(n)) for n, m in linears.items()]
@@ -204,6 +207,7 @@ def _hessians(linears: dict[str, torch.nn.Module], run: Callable[[], Any]) -> di
     finally:
         for handle in handles:
             handle.remove()
+        last.clear()
     return {n: 2 * sums[n] / tokens[n] for n in linears}
 
 
