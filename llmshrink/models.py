@@ -9,6 +9,7 @@ import csv
 import functools
 import json
 import os
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufC
 from llmshrink import pypi
 from llmshrink.atomic import copy_dir
 from llmshrink.hardware import DTYPES, device, device_map
+from llmshrink.params import InputError
 
 SUPPORTED_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -88,7 +90,11 @@ def load_local(path: str | Path) -> tuple[PreTrainedModel, Any]:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model.local_path={str(path)!r} is not a checkpoint folder (no config.json)")
     check_architecture(AutoConfig.from_pretrained(path))
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, SafetensorError) as err:
+        raise InputError(f"model.local_path={str(path)!r}: could not load the checkpoint (corrupt or incomplete "
+                         f"weights?): {err}") from err
 
 
 # Llama shapes for timing and memory at real scale with random weights (their quality numbers mean nothing)
@@ -198,7 +204,12 @@ def _gguf_config(file: Path, version: tuple[int, int, int]) -> PretrainedConfig:
 def gguf_config(path: str | Path) -> PretrainedConfig:
     """The config transformers derives from a GGUF checkpoint folder's file, once per process and version of the
     file (a copy: transformers may change the one it is given)."""
-    return copy.deepcopy(_gguf_config(*_version(Path(path) / gguf_file(path))))
+    file = Path(path) / gguf_file(path)
+    try:
+        return copy.deepcopy(_gguf_config(*_version(file)))
+    except (OSError, ValueError, KeyError, IndexError, struct.error) as err:
+        raise InputError(f"{file} is not a readable GGUF file (truncated or corrupt? rerun the stage that writes "
+                         f"it, e.g. `dvc repro -f export`): {type(err).__name__}: {err}") from err
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -210,6 +221,15 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint folder (no config.json)")
     return json.loads(file.read_text(encoding="utf-8"))
+
+
+def check_positions(name: str, seq_len: int, path: str | Path) -> None:
+    """Refuse the parameter `name`, a window of `seq_len` tokens, when it is longer than the positions of the
+    checkpoint folder `path` (its config's max_position_embeddings)."""
+    positions = read_config(path).get("max_position_embeddings")
+    if positions and seq_len > positions:
+        raise ValueError(f"{name}={seq_len} exceeds the {positions} positions of {path} (max_position_embeddings); "
+                         f"allowed 2 to {positions}")
 
 
 def saved_dtype(path: str | Path) -> str:
@@ -254,7 +274,7 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], device_map=placement)
         return (model if placement else model.to(on)).eval()
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:
-        raise RuntimeError(f"could not load the checkpoint {path} (incomplete or corrupt? rerun the stage "
+        raise InputError(f"could not load the checkpoint {path} (incomplete or corrupt? rerun the stage "
                            f"that writes it, e.g. `dvc repro -f <stage>`): {err}") from err
 
 

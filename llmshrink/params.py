@@ -18,6 +18,11 @@ MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 GGUF_TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")  # export.type: llama.cpp file types
 
 
+class InputError(RuntimeError):
+    """An input that is not what it must be (a corrupt or truncated file, an unreachable or tampered download), with
+    a message naming it: stages report it, like a ValueError of a parameter, as one line (stages/__init__.py)."""
+
+
 def read(path: str | Path = "params.yaml") -> dict[str, Any]:
     """The whole params file as a dict, read as YAML 1.2 like DVC reads it: `dvc exp run -S
     wanda.pattern=2:4` writes `2:4` unquoted, which YAML 1.1 (PyYAML) would read as the base-60 integer 124."""
@@ -175,7 +180,7 @@ class Wanda:
         flag("wanda.enabled", self.enabled)
         text = self.pattern if isinstance(self.pattern, str) else ""
         nm = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
-        share = re.fullmatch(r"\s*unstructured\s*:\s*([0-9.]+)\s*", text)
+        share = re.fullmatch(r"\s*unstructured\s*:\s*(\d+(?:\.\d*)?|\.\d+)\s*", text)
         if nm:
             n, m = int(nm[1]), int(nm[2])
             if not 0 < n < m:

@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from contextlib import suppress
 
 ENV = "LLMSHRINK_WARM"
@@ -86,8 +85,8 @@ def run_stage(request: dict, fds: list[int]) -> int:
         else:
             print(done.code, file=sys.stderr)
             code = 1
-    except BaseException:  # noqa: BLE001 - reported like an uncaught exception, exit status 1
-        traceback.print_exc()
+    except BaseException:  # noqa: BLE001 - reported like an uncaught exception (the stage's hook), exit status 1
+        sys.excepthook(*sys.exc_info())
         code = 1
     return code
 

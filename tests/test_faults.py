@@ -4,6 +4,7 @@ that fail before their heavy work."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmshrink import models
 from llmshrink import params as params_file
+from llmshrink.params import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 # imported by every Python process of the run (PYTHONPATH): a stage process (it imported `stages`) kills itself with
@@ -84,3 +87,67 @@ def test_a_stage_killed_mid_write_leaves_nothing_in_models_after_the_next_repro(
 
     (left,) = (fault_repo / WORKSPACE_TMP).iterdir()  # the killed stage's, out of sight
     assert (temp_dir(fault_repo / "models" / "base").parent, left.exists()) == (fault_repo / WORKSPACE_TMP, False)
+
+
+def stage(cwd: Path, params: dict, *args: str, warm: bool = False) -> subprocess.CompletedProcess:
+    """`python -m stages.<args>` in `cwd` (optionally through the warm runner) with `params` as params.yaml."""
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    command = [sys.executable, "-m", "llmshrink.warm"] * warm + [sys.executable, "-m", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "LLMSHRINK_VERBOSE": ""})
+
+
+def one_line_error(done: subprocess.CompletedProcess, *parts: str) -> str:
+    """The one line a failed stage printed for a bad parameter or input: no traceback, the parts named."""
+    assert done.returncode == 1, done.stderr[-3000:]
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in done.stderr and all(p in line for p in parts), done.stderr[-3000:]
+    return line
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_eval_seq_len_beyond_the_model_positions_is_refused_in_one_line(tiny_dir: Path, tmp_path: Path,
+                                                                        warm: bool) -> None:
+    params = params_file.read(ROOT / "params.yaml")
+    params["eval"]["seq_len"] = 4096  # the tiny model has 2048 positions
+    done = stage(tmp_path, params, "stages.evaluate", str(tiny_dir), "data", "e.json", "i.json", warm=warm)
+    one_line_error(done, "eval.seq_len=4096", "2048 positions", str(tiny_dir))
+    assert not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize("pattern", ["unstructured:0.5.5", "unstructured:.", "2:4:8"])
+def test_a_malformed_wanda_pattern_names_the_parameter_and_the_allowed_forms(pattern: str) -> None:
+    raw = {**params_file.read(ROOT / "params.yaml")["wanda"], "pattern": pattern}
+    with pytest.raises(ValueError, match=rf"wanda\.pattern='{re.escape(pattern)}' is neither 'N:M'.*'unstructured:S'"):
+        params_file.Wanda(**raw)
+
+
+def test_a_bad_parameter_of_a_cold_stage_is_one_line(tmp_path: Path) -> None:
+    params = params_file.read(ROOT / "params.yaml")
+    params["wanda"]["pattern"] = "unstructured:0.5.5"
+    done = stage(tmp_path, params, "stages.width_prune", "models/depth", "cal.txt", "models/width", "w.json")
+    one_line_error(done, "wanda.pattern='unstructured:0.5.5'", "unstructured:S")
+    verbose = subprocess.run([sys.executable, "-m", "stages.width_prune", "a", "b", "c", "d"], cwd=tmp_path,
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                                  "LLMSHRINK_VERBOSE": "1"})
+    assert "Traceback" in verbose.stderr and verbose.returncode == 1
+
+
+def test_a_truncated_gguf_is_named(tmp_path: Path) -> None:
+    whole = models.embedded_gguf()
+    for size in (1000, whole.stat().st_size // 2):
+        folder = tmp_path / str(size)
+        folder.mkdir()
+        with open(whole, "rb") as f:
+            (folder / "model.gguf").write_bytes(f.read(size))
+        with pytest.raises(InputError, match=rf"{folder}/model.gguf is not a readable GGUF file \(truncated"):
+            models.read_config(folder)
+
+
+def test_a_corrupt_local_checkpoint_names_the_folder_and_parameter(tiny_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    with pytest.raises(InputError, match=rf"model\.local_path='{broken}': could not load the checkpoint"):
+        models.load_local(broken)
+
