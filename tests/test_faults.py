@@ -7,8 +7,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -89,12 +92,13 @@ def test_a_stage_killed_mid_write_leaves_nothing_in_models_after_the_next_repro(
     assert (temp_dir(fault_repo / "models" / "base").parent, left.exists()) == (fault_repo / WORKSPACE_TMP, False)
 
 
-def stage(cwd: Path, params: dict, *args: str, warm: bool = False) -> subprocess.CompletedProcess:
+def stage(cwd: Path, params: dict, *args: str, warm: bool = False,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python -m stages.<args>` in `cwd` (optionally through the warm runner) with `params` as params.yaml."""
     (cwd / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     command = [sys.executable, "-m", "llmshrink.warm"] * warm + [sys.executable, "-m", *args]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "LLMSHRINK_VERBOSE": ""})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "LLMSHRINK_VERBOSE": "", **(env or {})})
 
 
 def one_line_error(done: subprocess.CompletedProcess, *parts: str) -> str:
@@ -190,3 +194,28 @@ def test_frontier_of_an_unknown_revision_shows_dvcs_message(tmp_path: Path, monk
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(SystemExit, match=r"error: `dvc exp show --json --rev nosuchrev` failed: .*'nosuchrev'"):
         sweep.main(["frontier", "--rev", "nosuchrev", "--out", str(tmp_path / "f.csv")])
+
+
+def test_a_stalled_hub_fails_in_seconds_naming_the_model(tmp_path: Path) -> None:
+    """HF_ENDPOINT at a socket that accepts and never answers (a stalled proxy): read timeouts end the stage, where
+    the revision lookup waited for ever and metadata retries 60 s each."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.extend(server.accept()[0] for _ in range(50)), daemon=True).start()
+    params = params_file.read(ROOT / "params.yaml")
+    params["model"].update(source="hub", hub_id="meta-llama/Llama-3.2-1B-Instruct", hub_revision="main")
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{server.getsockname()[1]}", "HF_HUB_ETAG_TIMEOUT": "1",
+           "HF_HUB_DOWNLOAD_TIMEOUT": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf")}
+    start = time.monotonic()
+    done = stage(tmp_path, params, "stages.prepare_model", "models/base", env=env)
+    one_line_error(done, "model.hub_id='meta-llama/Llama-3.2-1B-Instruct'", "model.hub_revision='main'",
+                   "stalled network")
+    assert accepted and time.monotonic() - start < 90  # huggingface_hub's own retries sleep 23 s
+    server.close()
+
+
+@pytest.mark.parametrize("revision", ["", "main branch", None, 3])
+def test_a_bad_hub_revision_names_the_parameter(revision: object) -> None:
+    raw = {**params_file.read(ROOT / "params.yaml")["model"], "hub_revision": revision}
+    with pytest.raises(ValueError, match=r"model\.hub_revision=.* must be a branch, tag or commit"):
+        params_file.Model(**raw)
