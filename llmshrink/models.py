@@ -303,7 +303,7 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
         return (model if placement else model.to(on)).eval()
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:
         raise InputError(f"could not load the checkpoint {path} (incomplete or corrupt? rerun the stage "
-                           f"that writes it, e.g. `dvc repro -f <stage>`): {err}") from err
+                         f"that writes it, e.g. `dvc repro -f <stage>`): {err}") from err
 
 
 def quantized_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
