@@ -1,7 +1,10 @@
-"""Outputs that appear whole or not at all: write to a temporary sibling `.<name>.XXXX`, then rename.
+"""Outputs that appear whole or not at all: write to a temporary folder on the output's filesystem, then rename.
 
-A killed stage can leave such a sibling behind; the next write of the same output removes it first. Temporary
-work of libraries (GPTQModel's offload folder) goes to a sibling `scratch` folder, removed on success and failure.
+In a DVC workspace the temporary folders are `.dvc/tmp/llmshrink/<pid>.<name>.XXXX`, out of git's and DVC's sight
+(nothing of a killed stage lands in `models/`, where it would join the hash of a stage that depends on the folder);
+the next write in the workspace removes those of dead processes. Elsewhere they are siblings `.<name>.<pid>.XXXX`,
+removed by the next write of the same output. Temporary work of libraries (GPTQModel's offload folder) goes to such a
+`scratch` folder, removed on success and failure.
 """
 from __future__ import annotations
 
@@ -22,19 +25,48 @@ def _umask() -> int:
     return mask
 
 
-def remove_stale(path: Path) -> None:
-    """Remove the temporary siblings `.<name>.*` that an interrupted write of `path` left behind."""
-    for stale in path.parent.glob(f".{path.name}.*"):
-        shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+WORKSPACE_TMP = Path(".dvc", "tmp", "llmshrink")  # git-ignored by DVC's own .dvc/.gitignore, never hashed by DVC
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
+
+
+def temp_dir(path: str | Path, suffix: str = "") -> Path:
+    """A new folder for temporary work of this process on the output `path`, on its filesystem: in the
+    `WORKSPACE_TMP` of the DVC workspace that holds `path`, else beside `path` as `.<name>.<pid>.XXXX`; what dead
+    processes left there is removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parent = path.parent.resolve()
+    root = next((p for p in (parent, *parent.parents) if (p / ".dvc").is_dir()), None)
+    if root is None or root.stat().st_dev != parent.stat().st_dev:
+        folder, prefix, tag = path.parent, f".{path.name}.", f".{path.name}.{os.getpid()}."
+    else:
+        folder, prefix, tag = root / WORKSPACE_TMP, "", f"{os.getpid()}.{path.name}."
+        folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f"{prefix}*"):
+        pid = stale.name.removeprefix(prefix).split(".")[0]
+        if not (pid.isdigit() and _alive(int(pid))):
+            _remove(stale)
+    return Path(tempfile.mkdtemp(prefix=tag, suffix=suffix, dir=folder))
 
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = temp_dir(path)
     try:
         yield tmp
     except BaseException:
@@ -42,7 +74,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
     tmp.chmod(0o777 & ~_umask())
     if path.exists():
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        _remove(path)
     os.replace(tmp, path)
 
 
@@ -50,26 +82,22 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file that replaces `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    folder = temp_dir(path)
+    tmp = folder / path.name
     try:
-        with os.fdopen(fd, mode) as f:
+        with open(tmp, mode) as f:
             yield f
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
 def scratch(path: str | Path) -> Iterator[Path]:
-    """A folder `.<name>.scratch` beside the output `path`, used as the process's temporary directory
+    """A `temp_dir` of the output `path` (suffix `.scratch`), used as the process's temporary directory
     (`tempfile` and `TMPDIR`) inside the block and removed afterwards, whatever happens."""
-    path = Path(path)
-    folder = (path.parent / f".{path.name}.scratch").resolve()
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    folder = temp_dir(path, ".scratch").resolve()
     # torch.compile's cache stays where it was: it outlives the block, and its precompiled-header folder is fixed
     # from the temporary directory when torch._inductor.codecache is first imported, so import that first
     if "torch" in sys.modules:

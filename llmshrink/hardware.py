@@ -6,6 +6,7 @@ import functools
 import math
 import os
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -27,14 +28,27 @@ def gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in done.stdout.splitlines()) if done.returncode == 0 else 0
 
 
+def lock_folder(lock_dir: str | Path) -> Path:
+    """`lock_dir`, created private (0700) if absent; refused unless it is this user's folder, not a symlink, that
+    no one else can write (a shared /tmp path another user could create first, with links planted in it)."""
+    path = Path(lock_dir)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise ValueError(f"{GPU_LOCKS}={str(lock_dir)!r} must be a folder of this user's that no one else can write "
+                         "(not a symlink), e.g. $XDG_RUNTIME_DIR/llmshrink-gpus or ~/.cache/llmshrink/gpus")
+    return path
+
+
 def claim_gpu(lock_dir: str | Path, count: int, poll_s: float = 1.0) -> tuple[int, IO[str]]:
-    """The first of `count` GPUs whose lock file in `lock_dir` no other process holds, and the open lock file
-    (an exclusive `flock`, released when it is closed or the process ends, crashed or not); waits while all
-    are taken."""
-    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    """The first of `count` GPUs whose lock file in `lock_dir` (`lock_folder`) no other process holds, and the
+    open lock file (an exclusive `flock`, released when it is closed or the process ends, crashed or not); waits
+    while all are taken. A lock file is never truncated and never followed when it is a symlink."""
+    folder = lock_folder(lock_dir)
     while True:
         for index in range(count):
-            handle = open(Path(lock_dir) / f"gpu{index}.lock", "w")
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            handle = os.fdopen(os.open(folder / f"gpu{index}.lock", flags, 0o600), "r+")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -9,6 +9,7 @@ import csv
 import functools
 import json
 import os
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufC
 from llmshrink import pypi
 from llmshrink.atomic import copy_dir
 from llmshrink.hardware import DTYPES, device, device_map
+from llmshrink.params import InputError
 
 SUPPORTED_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -67,19 +69,47 @@ def load_embedded(wheel: str = EMBEDDED_WHEEL) -> tuple[PreTrainedModel, Any]:
     return model, embedded_tokenizer(wheel)
 
 
-def load_hub(model_id: str, revision: str | None = None) -> tuple[PreTrainedModel, Any]:
-    """Any LLaMA-style model from the Hugging Face hub, with `HF_TOKEN` from the environment."""
+def _hub_timeouts(request: Any) -> None:
+    """A request hook of huggingface_hub's client: every request's connect timeout at most HF_HUB_ETAG_TIMEOUT and
+    its read timeout at most HF_HUB_DOWNLOAD_TIMEOUT (10 s each unless set). huggingface_hub sets none on some calls
+    (the revision lookup) and 60 s on its metadata retries: a network that accepts and never answers stalled them
+    for ever, or for minutes."""
+    from huggingface_hub import constants
+
+    limits = {"connect": float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or constants.HF_HUB_ETAG_TIMEOUT),
+              "read": float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or constants.HF_HUB_DOWNLOAD_TIMEOUT)}
+    limits |= {"write": limits["read"], "pool": limits["connect"]}
+    given = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {key: min(given.get(key) or limit, limit) for key, limit in limits.items()}
+
+
+def _hub_client() -> Any:
+    from huggingface_hub.utils._http import default_client_factory
+
+    client = default_client_factory()
+    client.event_hooks["request"].append(_hub_timeouts)
+    return client
+
+
+def load_hub(model_id: str, revision: str) -> tuple[PreTrainedModel, Any]:
+    """Any LLaMA-style model from the Hugging Face hub at `revision` (a branch, tag or commit), with `HF_TOKEN`
+    from the environment; every request with connect and read timeouts (`_hub_timeouts`)."""
+    import httpx2
+    from huggingface_hub import constants, set_client_factory
+
+    set_client_factory(_hub_client)
     token = os.environ.get("HF_TOKEN")
     try:
         config = AutoConfig.from_pretrained(model_id, revision=revision, token=token)
-    except OSError as err:
-        raise RuntimeError(
-            f"could not reach the Hugging Face hub for model.hub_id={model_id!r} "
-            f"(offline, gated without HF_TOKEN, or misspelt): {err}"
+        check_architecture(config)
+        model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, token=token, dtype=torch.float32)
+        return model, AutoTokenizer.from_pretrained(model_id, revision=revision, token=token)
+    except (OSError, httpx2.HTTPError) as err:
+        raise InputError(
+            f"could not fetch model.hub_id={model_id!r} at model.hub_revision={revision!r} from the Hugging Face hub "
+            f"{constants.ENDPOINT} (offline, a stalled network or proxy, gated without HF_TOKEN, or misspelt): "
+            f"{type(err).__name__}: {err}"
         ) from err
-    check_architecture(config)
-    model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, token=token, dtype=torch.float32)
-    return model, AutoTokenizer.from_pretrained(model_id, revision=revision, token=token)
 
 
 def load_local(path: str | Path) -> tuple[PreTrainedModel, Any]:
@@ -88,7 +118,11 @@ def load_local(path: str | Path) -> tuple[PreTrainedModel, Any]:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model.local_path={str(path)!r} is not a checkpoint folder (no config.json)")
     check_architecture(AutoConfig.from_pretrained(path))
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, SafetensorError) as err:
+        raise InputError(f"model.local_path={str(path)!r}: could not load the checkpoint (corrupt or incomplete "
+                         f"weights?): {err}") from err
 
 
 # Llama shapes for timing and memory at real scale with random weights (their quality numbers mean nothing)
@@ -198,7 +232,12 @@ def _gguf_config(file: Path, version: tuple[int, int, int]) -> PretrainedConfig:
 def gguf_config(path: str | Path) -> PretrainedConfig:
     """The config transformers derives from a GGUF checkpoint folder's file, once per process and version of the
     file (a copy: transformers may change the one it is given)."""
-    return copy.deepcopy(_gguf_config(*_version(Path(path) / gguf_file(path))))
+    file = Path(path) / gguf_file(path)
+    try:
+        return copy.deepcopy(_gguf_config(*_version(file)))
+    except (OSError, ValueError, KeyError, IndexError, struct.error) as err:
+        raise InputError(f"{file} is not a readable GGUF file (truncated or corrupt? rerun the stage that writes "
+                         f"it, e.g. `dvc repro -f export`): {type(err).__name__}: {err}") from err
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -210,6 +249,15 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint folder (no config.json)")
     return json.loads(file.read_text(encoding="utf-8"))
+
+
+def check_positions(name: str, seq_len: int, path: str | Path) -> None:
+    """Refuse the parameter `name`, a window of `seq_len` tokens, when it is longer than the positions of the
+    checkpoint folder `path` (its config's max_position_embeddings)."""
+    positions = read_config(path).get("max_position_embeddings")
+    if positions and seq_len > positions:
+        raise ValueError(f"{name}={seq_len} exceeds the {positions} positions of {path} (max_position_embeddings); "
+                         f"allowed 2 to {positions}")
 
 
 def saved_dtype(path: str | Path) -> str:
@@ -254,8 +302,8 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], device_map=placement)
         return (model if placement else model.to(on)).eval()
     except (OSError, RuntimeError, ValueError, SafetensorError) as err:
-        raise RuntimeError(f"could not load the checkpoint {path} (incomplete or corrupt? rerun the stage "
-                           f"that writes it, e.g. `dvc repro -f <stage>`): {err}") from err
+        raise InputError(f"could not load the checkpoint {path} (incomplete or corrupt? rerun the stage "
+                         f"that writes it, e.g. `dvc repro -f <stage>`): {err}") from err
 
 
 def quantized_modules(model: torch.nn.Module) -> list[torch.nn.Module]:

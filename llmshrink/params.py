@@ -22,6 +22,11 @@ GPTQ_GGUF_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")  # llama.cpp's 32-wei
 BLOCK_TYPES = ("q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "iq4_nl", "q3_k", "q2_k")  # tensors
 
 
+class InputError(RuntimeError):
+    """An input that is not what it must be (a corrupt or truncated file, an unreachable or tampered download), with
+    a message naming it: stages report it, like a ValueError of a parameter, as one line (stages/__init__.py)."""
+
+
 def read(path: str | Path = "params.yaml") -> dict[str, Any]:
     """The whole params file as a dict, read as YAML 1.2 like DVC reads it: `dvc exp run -S
     wanda.pattern=2:4` writes `2:4` unquoted, which YAML 1.1 (PyYAML) would read as the base-60 integer 124."""
@@ -92,6 +97,7 @@ class Model:
 
     source: str
     hub_id: str
+    hub_revision: str
     local_path: str
     dtype: str
     tiny: dict
@@ -101,6 +107,9 @@ class Model:
     def __post_init__(self) -> None:
         choice("model.source", self.source, ("embedded", "hub", "local", "tiny", "random"))
         choice("model.shape", self.shape, ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"))
+        if not isinstance(self.hub_revision, str) or not re.fullmatch(r"[\w./-]+", self.hub_revision):
+            raise ValueError(f"model.hub_revision={self.hub_revision!r} must be a branch, tag or commit of "
+                             "model.hub_id, e.g. main or a 40-hex commit (pinned)")
         if not isinstance(self.tokenizer, str):
             raise ValueError(f"model.tokenizer={self.tokenizer!r} must be a folder path, or empty for the embedded tokenizer")
         choice("model.dtype", self.dtype, DTYPES)
@@ -179,7 +188,7 @@ class Wanda:
         flag("wanda.enabled", self.enabled)
         text = self.pattern if isinstance(self.pattern, str) else ""
         nm = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
-        share = re.fullmatch(r"\s*unstructured\s*:\s*([0-9.]+)\s*", text)
+        share = re.fullmatch(r"\s*unstructured\s*:\s*(\d+(?:\.\d*)?|\.\d+)\s*", text)
         if nm:
             n, m = int(nm[1]), int(nm[2])
             if not 0 < n < m:

@@ -173,6 +173,7 @@ def name(assignment: dict[str, Any], varying: Iterable[str]) -> str:
 def experiments(grid: dict[str, Any], fallback: str) -> list[tuple[str, dict[str, Any]]]:
     """(name, assignment) of every combination, names from the swept params with more than one value;
     `fallback` names the one experiment of a grid that varies nothing."""
+    _check(grid)
     varying = [k for k, v in grid["params"].items() if len(v) > 1]
     combos = expand(grid)
     names = [name(c, varying) or fallback for c in combos]
@@ -225,7 +226,11 @@ def queue(grid_path: str | Path, jobs: int = 1, run: bool = False, dry_run: bool
     grid = params.read(grid_path)
     defaults = params.read(params_path)
     outside = outside_paths(defaults, Path(params_path).resolve().parent)
-    exps = [(n, a | {k: v for k, v in outside.items() if k not in a}) for n, a in experiments(grid, Path(grid_path).stem)]
+    try:
+        named = experiments(grid, Path(grid_path).stem)
+    except ValueError as e:
+        raise ValueError(f"{grid_path}: {e}") from e
+    exps = [(n, a | {k: v for k, v in outside.items() if k not in a}) for n, a in named]
     for exp_name, assignment in exps:
         validate(assignment, defaults, exp_name)
     stages = set(params.read(Path(params_path).with_name("dvc.yaml"))["stages"])
@@ -327,7 +332,11 @@ def collect(revs: Iterable[str] = ()) -> pd.DataFrame:
     not comparable. `revs`: the baseline commits whose experiments to read (`dvc exp show --rev`); none = HEAD's."""
     rows, settings = [], []
     show = ["dvc", "exp", "show", "--json"] + [arg for rev in revs for arg in ("--rev", rev)]
-    for state in _finished(json.loads(_run(show))):
+    try:
+        shown = _run(show)
+    except subprocess.CalledProcessError as e:
+        raise ValueError(f"`{shlex.join(show)}` failed: {' '.join(e.stderr.split())}") from e
+    for state in _finished(json.loads(shown)):
         final, base = _committed(state["rev"], FINAL), _committed(state["rev"], BASE)
         if not {"perplexity", "qa", "size"} <= final.keys():
             continue
@@ -429,14 +438,18 @@ def plot(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def frontier(out: str | Path, budget_ratio: float, revs: Iterable[str] = ()) -> pd.DataFrame:
+def frontier(out: str | Path, budget_ratio: float, revs: Iterable[str] = (), force: bool = False) -> pd.DataFrame:
     """Collect the experiments (of the baselines `revs`, default HEAD), mark the Pareto frontier, write `<out>`
-    (CSV), `<out>.md` and the plots under `<out dir>/plots/frontier`."""
+    (CSV), `<out>.md` and the plots under `<out dir>/plots/frontier`; an `<out>` of more experiments is replaced
+    only with `force`."""
     df = collect(revs)
     if df.empty:
         raise SystemExit("no finished experiment with final-checkpoint metrics in `dvc exp show`")
-    df["pareto"] = pareto(df, SIZE, quality_columns(df))
     out = Path(out)
+    if not force and out.is_file() and (before := len(pd.read_csv(out))) > len(df):
+        raise ValueError(f"{out} holds {before} experiments and `dvc exp show` finds {len(df)} (experiments not "
+                         "pulled? `dvc exp pull`); kept as it is: pass --force to replace it")
+    df["pareto"] = pareto(df, SIZE, quality_columns(df))
     with atomic_file(out) as f:
         df.to_csv(f, index=False, float_format="%.6g")
     with atomic_file(out.with_suffix(".md")) as f:
@@ -460,6 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--budget", type=float, default=0.5, help="disk size budget as a ratio to base")
     f.add_argument("--rev", action="append", default=[], metavar="COMMIT",
                    help="baseline commit whose experiments to read (repeatable; default HEAD)")
+    f.add_argument("--force", action="store_true", help="replace an --out of more experiments than found now")
     args = parser.parse_args(argv)
     try:
         if args.command == "queue":
@@ -468,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
             entries, objects = push_run_cache(args.remote)
             print(f"{entries} run-cache entries and {objects} objects they point at pushed")
         else:
-            df = frontier(args.out, args.budget, args.rev)
+            df = frontier(args.out, args.budget, args.rev, args.force)
             print(Path(args.out).with_suffix(".md").read_text(encoding="utf-8"), end="")
             print(f"{len(df)} experiments -> {args.out}", file=sys.stderr)
     except ValueError as e:

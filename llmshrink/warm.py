@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from contextlib import suppress
 
 ENV = "LLMSHRINK_WARM"
@@ -86,8 +85,8 @@ def run_stage(request: dict, fds: list[int]) -> int:
         else:
             print(done.code, file=sys.stderr)
             code = 1
-    except BaseException:  # noqa: BLE001 - reported like an uncaught exception, exit status 1
-        traceback.print_exc()
+    except BaseException:  # noqa: BLE001 - reported like an uncaught exception (the stage's hook), exit status 1
+        sys.excepthook(*sys.exc_info())
         code = 1
     return code
 
@@ -149,14 +148,14 @@ def forks_can_use_cuda() -> bool:
 
 def serve(sock: socket.socket) -> None:
     """Preload, then run one stage at a time, each in a fork."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C ends the command and its clients; the stage then ends too
+    signal.signal(signal.SIGTERM, Stopping.on_sigterm)
     # libraries that ask torch.cuda.is_available() at import: through NVML, which leaves forks free to use the GPU
     os.environ.setdefault(NVML_CHECK, "1")
     for name in PRELOAD:
         __import__(name)
     import torch
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C ends the command and its clients; the stage then ends too
-    signal.signal(signal.SIGTERM, Stopping.on_sigterm)
     if torch.cuda.is_initialized() or threading.active_count() > 1 or not forks_can_use_cuda():
         raise RuntimeError(f"warm server: a preloaded module ({', '.join(PRELOAD)}) started a thread or asked CUDA's "
                            "driver, so a fork could not use the GPU; stages run cold")
@@ -197,9 +196,16 @@ def main(command: list[str]) -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
     sock.listen()
+    runner = os.getpid()
     server = os.fork()
     if server == 0:  # stages that connect before the preload ends wait in the listen backlog
-        serve(sock)
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # the runner's end, `kill -9` too, ends the server
+        try:
+            if os.getppid() != runner:  # it ended before the line above
+                sys.exit(128 + signal.SIGTERM)
+            serve(sock)  # returns never
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     sock.close()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # to clean up below
     try:
@@ -215,7 +221,7 @@ def main(command: list[str]) -> int:
     finally:
         os.kill(server, signal.SIGTERM)
         os.waitpid(server, 0)
-        shutil.rmtree(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # the server's, unless it was killed
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("items", help="per-item results JSON to write, e.g. results/items/lora.json")
     args = parser.parse_args(argv)
     p, seed = params.load("eval"), params.load("seed")
-    models.read_config(args.model)
+    models.check_positions("eval.seq_len", p.seq_len, args.model)
     data = Path(args.data)
     texts = json.loads((data / "perplexity.json").read_text(encoding="utf-8"))
     tasks = json.loads((data / "choice.json").read_text(encoding="utf-8"))

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     p = params.load("explore")
     e = dataclasses.replace(params.load("eval"), max_windows=p.max_windows, limit=p.limit)  # explore's own caps
     orders = explore.orders(p, models.read_config(args.model)["num_hidden_layers"])
+    models.check_positions("eval.seq_len", e.seq_len, args.model)
     texts = json.loads(Path(args.texts).read_text(encoding="utf-8"))
     text = next(t["text"] for t in texts.values() if t["domain"] == "in")
     records = qa.read_qa(args.qa)

@@ -1,10 +1,10 @@
 """Stage prepare_data: calibration, fine-tuning, perplexity and QA text from `data.source` into a folder."""
 import argparse
-import tempfile
+import shutil
 from pathlib import Path
 
 from llmshrink import params, timing
-from llmshrink.atomic import remove_stale
+from llmshrink.atomic import temp_dir
 from llmshrink.data import FILES, prepare
 
 
@@ -14,12 +14,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sets = prepare(params.load("data"), params.load("seed"))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale(out / "prepare")
-    with tempfile.TemporaryDirectory(prefix=".prepare.", dir=out) as tmp:  # all files written, then moved in
-        sets.write(Path(tmp))
+    tmp = temp_dir(out / "prepare")
+    try:  # all files written, then moved in
+        sets.write(tmp)
         for name in FILES:
-            (Path(tmp) / name).replace(out / name)
+            (tmp / name).replace(out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     texts = ", ".join(f"{name} ({t['domain']}) {len(t['text']):,}" for name, t in sets.perplexity.items())
     tasks = ", ".join(f"{name} {len(t['items'])}" for name, t in sets.choice.items())
     print(f"{out}/: {len(sets.calibration):,} calibration chars, {len(sets.finetune):,} fine-tuning chars, "

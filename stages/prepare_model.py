@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> None:
     if p.source == "embedded":
         model, tokenizer = models.load_embedded()
     elif p.source == "hub":
-        model, tokenizer = models.load_hub(p.hub_id)
+        model, tokenizer = models.load_hub(p.hub_id, p.hub_revision)
     elif p.source == "local":
         model, tokenizer = models.load_local(p.local_path)
     elif p.source == "tiny":

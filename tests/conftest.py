@@ -5,12 +5,30 @@ from pathlib import Path
 
 import pytest
 
-from llmshrink import models
+from llmshrink import models, pypi
 from llmshrink.params import read
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY_DIMS = read(ROOT / "params.yaml")["model"]["tiny"]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> object:
+    """A test whose fixtures need a download that neither the cache nor the registry has is skipped, with the reason."""
+    try:
+        return (yield)
+    except pypi.DownloadError as err:
+        pytest.skip(f"empty download cache and no registry: {err}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    """As `pytest_runtest_setup`, for a download the test itself needs."""
+    try:
+        return (yield)
+    except pypi.DownloadError as err:
+        pytest.skip(f"empty download cache and no registry: {err}")
 
 
 @pytest.fixture(scope="session")

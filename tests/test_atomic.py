@@ -15,9 +15,25 @@ def test_stale_temporary_siblings_are_removed(tmp_path: Path) -> None:
     (tmp_path / ".gptq.k3x9a1" / "model.safetensors").write_bytes(b"partial")
     (tmp_path / ".gptq.scratch").mkdir()
     (tmp_path / ".gptqx.keep").mkdir()  # another output's: untouched
-    with atomic_dir(tmp_path / "gptq") as tmp:
+    live = tmp_path / f".gptq.{os.getppid()}.x1"  # a running process's: untouched
+    live.mkdir()
+    with atomic_dir(tmp_path / "gptq") as tmp, scratch(tmp_path / "gptq"):
         (tmp / "config.json").write_text("{}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".gptqx.keep", "gptq"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".gptqx.keep", live.name, "gptq"])
+
+
+def test_a_dvc_workspace_keeps_temporary_folders_in_dvc_tmp(tmp_path: Path) -> None:
+    """Nothing of a write lands beside the output, where DVC would hash it into a folder dependency and git would
+    list it; what a dead process left in .dvc/tmp/llmshrink is removed by the next write."""
+    (tmp_path / ".dvc").mkdir()
+    stale = tmp_path / ".dvc" / "tmp" / "llmshrink" / "999999999.lora.abc"
+    stale.mkdir(parents=True)
+    with atomic_dir(tmp_path / "models" / "lora") as tmp, scratch(tmp_path / "models" / "lora") as work:
+        assert tmp.parent == work.parent == stale.parent and not stale.exists()
+        assert sorted(p.name for p in (tmp_path / "models").iterdir()) == []
+    with atomic_file(tmp_path / "metrics" / "m.json") as f:
+        f.write("{}")
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["lora"] and list(stale.parent.iterdir()) == []
 
 
 def test_failure_leaves_nothing_and_keeps_the_old_output(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from llmshrink import hardware
@@ -65,3 +66,26 @@ def test_device_map_only_for_a_model_larger_than_one_gpu(monkeypatch) -> None:
     assert hardware.device_map(70 * 2**30, gpu) == "auto"         # beyond 80% of the free memory
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert hardware.device_map(70 * 2**30, gpu) is None            # one GPU: nothing to spread over
+
+
+def test_lock_files_are_not_followed_nor_truncated_in_a_private_folder(tmp_path: Path) -> None:
+    """A `gpu0.lock` symlink planted at another file leaves it whole; a folder others can write is refused."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    (locks / "gpu0.lock").symlink_to(victim)
+    with pytest.raises(OSError):
+        hardware.claim_gpu(locks, 1)
+    assert victim.read_text() == "precious"
+    (locks / "gpu0.lock").unlink()
+    (locks / "gpu0.lock").write_text("kept")
+    index, handle = hardware.claim_gpu(locks, 1)
+    assert (index, (locks / "gpu0.lock").read_text()) == (0, "kept")
+    handle.close()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp/llmshrink-gpus made by anyone
+    with pytest.raises(ValueError, match=r"LLMSHRINK_GPU_LOCKS=.*shared' must be a folder of this user's"):
+        hardware.claim_gpu(shared, 1)
+    assert (hardware.lock_folder(tmp_path / "new").stat().st_mode & 0o777) == 0o700

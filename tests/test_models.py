@@ -77,7 +77,7 @@ def test_non_llama_architecture_is_refused(tmp_path: Path) -> None:
 def test_hub_unreachable_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="model.hub_id"):
-        models.load_hub("meta-llama/Llama-3.2-1B-Instruct-does-not-exist")
+        models.load_hub("meta-llama/Llama-3.2-1B-Instruct-does-not-exist", "main")
 
 
 @pytest.mark.parametrize(

@@ -311,3 +311,16 @@ def test_frontier_writes_csv_summary_and_plots(dvc_exp_show: list[dict[str, Any]
     assert "**L2-2_4**" in md and "L2-1_8" not in md
     plots = sorted(p.name for p in (tmp_path / "metrics" / "plots" / "frontier").iterdir())
     assert plots == [f"size_vs_{k}.png" for k in sorted(sweep.quality_columns(df))]
+
+
+def test_frontier_keeps_a_table_of_more_experiments_unless_forced(dvc_exp_show: list[dict[str, Any]],
+                                                                  tmp_path: Path) -> None:
+    """An empty `dvc exp show` (experiments not pulled) finds the baseline alone: the 4-row table stays."""
+    out = tmp_path / "frontier.csv"
+    sweep.frontier(out, 0.55)
+    written = out.read_bytes(), out.with_suffix(".md").read_bytes()
+    dvc_exp_show[1]["experiments"] = []
+    with pytest.raises(ValueError, match=r"frontier\.csv holds 4 experiments and `dvc exp show` finds 1.*--force"):
+        sweep.frontier(out, 0.55)
+    assert (out.read_bytes(), out.with_suffix(".md").read_bytes()) == written
+    assert len(sweep.frontier(out, 0.55, force=True)) == len(pd.read_csv(out)) == 1
