@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     texts = json.loads((data / "perplexity.json").read_text(encoding="utf-8"))
     tasks = json.loads((data / "choice.json").read_text(encoding="utf-8"))
     records = qa.read_qa(data / "qa.jsonl")
+    reference = kl.load_reference(args.reference)
     model = models.load(args.model, hardware.resolve_dtype(p.dtype))
     tokenizer = models.load_tokenizer(args.model)
-    reference = kl.load_reference(args.reference)
     metrics, items = evaluate.evaluate(model, tokenizer, args.model, texts, records, tasks, p, seed, reference)
     if p.lm_eval:
         (name, text), *_ = ((k, t["text"]) for k, t in texts.items() if t["domain"] == "in")

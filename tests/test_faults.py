@@ -114,7 +114,8 @@ def test_eval_seq_len_beyond_the_model_positions_is_refused_in_one_line(tiny_dir
                                                                         warm: bool) -> None:
     params = params_file.read(ROOT / "params.yaml")
     params["eval"]["seq_len"] = 4096  # the tiny model has 2048 positions
-    done = stage(tmp_path, params, "stages.evaluate", str(tiny_dir), "data", "e.json", "i.json", warm=warm)
+    done = stage(tmp_path, params, "stages.evaluate", str(tiny_dir), "data", "ref.safetensors", "e.json", "i.json",
+                 warm=warm)
     one_line_error(done, "eval.seq_len=4096", "2048 positions", str(tiny_dir))
     assert not (tmp_path / "e.json").exists()
 
