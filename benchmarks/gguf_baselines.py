@@ -38,65 +38,55 @@ WIKITEXT_VALID = ROOT.parent / "shared" / "data" / "wikitext2" / "valid_tokens.t
 VARIANTS = {
     "the wheel's Q4_1 GGUF (the base's source)": ("base", "wheel", "q4_1", False, "q8_0"),
     "llama.cpp Q5_K_M + imatrix": ("base", "llama.cpp", "q5_k_m", True, "auto"),
-    "llama.cpp Q4_K_M + imatrix": ("base", "llama.cpp", "q4_k_m", True, "auto"),
     "llama.cpp Q4_K_S + imatrix": ("base", "llama.cpp", "q4_k_s", True, "auto"),
     "llama.cpp Q4_1 + imatrix, embedding Q4_0": ("base", "llama.cpp", "q4_1", True, "q4_0"),
     "llama.cpp Q4_0 + imatrix": ("base", "llama.cpp", "q4_0", True, "auto"),
     "llama.cpp Q4_0, no imatrix": ("base", "llama.cpp", "q4_0", False, "auto"),
     "llama.cpp Q4_0 + imatrix, embedding Q5_0": ("base", "llama.cpp", "q4_0", True, "q5_0"),
-    "llama.cpp Q4_0 + imatrix, embedding Q4_0": ("base", "llama.cpp", "q4_0", True, "q4_0"),
-    "gptq_gguf Q4_0, embedding Q5_0": ("base", "gptq_gguf", "q4_0", True, "q5_0"),
     "gptq_gguf Q4_0, embedding Q5_0, mixed calibration": ("base", "gptq_gguf+mixed", "q4_0", True, "q5_0"),
     "gptq_gguf Q4_0, embedding Q5_0 by GPTQ too": ("base", "gptq_gguf+head", "q4_0", True, "q5_0"),
-    "gptq_gguf Q4_0, embedding Q4_0": ("base", "gptq_gguf", "q4_0", True, "q4_0"),
-    "gptq_gguf Q4_0, embedding Q4_0 by GPTQ too": ("base", "gptq_gguf+head", "q4_0", True, "q4_0"),
     "gptq_gguf Q4_1, embedding Q4_0": ("base", "gptq_gguf", "q4_1", True, "q4_0"),
     "gptq_gguf Q4_1, embedding Q8_0": ("base", "gptq_gguf", "q4_1", True, "q8_0"),
     "llama.cpp Q4_K_M + imatrix of lora": ("lora", "llama.cpp", "q4_k_m", True, "auto"),
 }
 # GPTQModel's GPTQ of the base (the `gptq` section's quantizer; embedding kept in 16 bits) with other settings
 GPTQMODEL = {"GPTQModel 4-bit g32 sym": {"group_size": 32},
-             "GPTQModel 4-bit g32 asym": {"group_size": 32, "sym": False},
-             "GPTQModel 4-bit g32 asym, act-order": {"group_size": 32, "sym": False, "desc_act": True},
-             "GPTQModel 4-bit g32 asym, mixed calibration": {"group_size": 32, "sym": False, "mixed": True}}
+             "GPTQModel 4-bit g32 asym": {"group_size": 32, "sym": False}}
 # paired differences, first minus second: each GPTQ file against the llama.cpp file of the same types, and the
 # GPTQ options against the default
-PAIRS = {"gptq_gguf Q4_0, embedding Q5_0": "llama.cpp Q4_0 + imatrix, embedding Q5_0",
+PAIRS = {"gptq_gguf Q4_0, embedding Q5_0 (stage gptq_gguf)": "llama.cpp Q4_0 + imatrix, embedding Q5_0",
+         "gptq_gguf Q4_1, embedding Q4_0": "llama.cpp Q4_1 + imatrix, embedding Q4_0",
+         "gptq_gguf Q4_1, embedding Q8_0": "llama.cpp Q4_K_M + imatrix (stage kquant_base)",
+         "gptq_gguf Q4_0, embedding Q5_0, mixed calibration": "gptq_gguf Q4_0, embedding Q5_0 (stage gptq_gguf)",
+         "gptq_gguf Q4_0, embedding Q5_0 by GPTQ too": "gptq_gguf Q4_0, embedding Q5_0 (stage gptq_gguf)",
          "GPTQModel 4-bit g32 sym": "pipeline: GPTQ 4-bit g64 of base (gptq_base)",
-         "GPTQModel 4-bit g32 asym": "GPTQModel 4-bit g32 sym",
-         "GPTQModel 4-bit g32 asym, act-order": "GPTQModel 4-bit g32 asym",
-         "GPTQModel 4-bit g32 asym, mixed calibration": "GPTQModel 4-bit g32 asym",
-         "gptq_gguf Q4_0, embedding Q5_0, mixed calibration": "gptq_gguf Q4_0, embedding Q5_0",
-         "gptq_gguf Q4_0, embedding Q5_0 by GPTQ too": "gptq_gguf Q4_0, embedding Q5_0",
-         "gptq_gguf Q4_0, embedding Q4_0": "llama.cpp Q4_0 + imatrix, embedding Q4_0",
-         "gptq_gguf Q4_0, embedding Q4_0 by GPTQ too": "llama.cpp Q4_0 + imatrix, embedding Q4_0",
-         "gptq_gguf Q4_1, embedding Q4_0": "llama.cpp Q4_1 + imatrix, embedding Q4_0"}
+         "GPTQModel 4-bit g32 asym": "GPTQModel 4-bit g32 sym"}
 COMMITTED = {"pipeline: base (bf16)": "base", "pipeline: GPTQ 4-bit g64 of base (gptq_base)": "gptq_base",
+             "llama.cpp Q4_K_M + imatrix (stage kquant_base)": "kquant_base",
+             "gptq_gguf Q4_0, embedding Q5_0 (stage gptq_gguf)": "gptq_gguf",
              "pipeline: default recipe, final (eora)": "eora", "pipeline: default recipe's GGUF export": "export"}
 
 
-def calibration(mixed: bool) -> str:
+def calibration(inputs: Path, mixed: bool) -> str:
     """data/calibration.txt (the healing domain); `mixed`: half of it, half WikiText-2 validation text."""
-    text = (ROOT / "data" / "calibration.txt").read_text(encoding="utf-8")
+    text = (inputs / "data" / "calibration.txt").read_text(encoding="utf-8")
     if mixed:
         half = len(text) // 2
         text = text[:half] + "\n\n" + WIKITEXT_VALID.read_text(encoding="utf-8")[:half]
     return text
 
 
-def make(name: str, tmp: Path) -> Path:
-    """The checkpoint folder of variant `name`, written under `tmp`."""
+def make(name: str, inputs: Path, tmp: Path) -> Path:
+    """The checkpoint folder of variant `name` from the pipeline outputs under `inputs`, written under `tmp`."""
     raw = params.read(ROOT / "params.yaml")
     out = tmp / name.replace(" ", "_").replace(",", "").replace("+", "")
     if name in GPTQMODEL:
-        settings = dict(GPTQMODEL[name])
-        mixed = settings.pop("mixed", False)
-        p = dataclasses.replace(params.Gptq(**raw["gptq"]), **settings)
-        quantize.gptq(ROOT / "models" / "base", out, p, calibration(mixed), raw["seed"])
+        p = dataclasses.replace(params.Gptq(**raw["gptq"]), **GPTQMODEL[name])
+        quantize.gptq(inputs / "models" / "base", out, p, calibration(inputs, False), raw["seed"])
         return out
     source, maker, file_type, use_imatrix, embedding = VARIANTS[name]
-    src = ROOT / "models" / source
-    matrix = ROOT / "results" / "imatrix" / source / imatrix.FILE_NAME if use_imatrix else None
+    src = inputs / "models" / source
+    matrix = inputs / "results" / "imatrix" / source / imatrix.FILE_NAME if use_imatrix else None
     if maker == "wheel":
         out.mkdir()
         (out / export.GGUF_NAME).symlink_to(models.embedded_gguf())
@@ -106,7 +96,7 @@ def make(name: str, tmp: Path) -> Path:
     else:
         p = dataclasses.replace(params.GptqGguf(**raw["gptq_gguf"]), type=file_type, embedding_type=embedding,
                                 embedding_gptq=maker.endswith("+head"))
-        gguf_gptq.make(src, out, matrix, p, calibration(maker.endswith("+mixed")), raw["seed"])
+        gguf_gptq.make(src, out, matrix, p, calibration(inputs, maker.endswith("+mixed")), raw["seed"])
     return out
 
 
@@ -175,20 +165,23 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", nargs="*", default=[*VARIANTS, *GPTQMODEL], help="variant names to (re)make")
+    ap.add_argument("--only", nargs="*", default=[*VARIANTS, *GPTQMODEL],
+                    help="variant names to (re)make; none: only refresh the pipeline's rows from its evaluations")
+    ap.add_argument("--inputs", type=Path, default=ROOT,
+                    help="folder holding the pipeline's models/, results/ and data/ (a copy, while a repro runs)")
     args = ap.parse_args()
     p = params.load("eval", ROOT / "params.yaml")
-    texts = json.loads((ROOT / "data" / "perplexity.json").read_text())
-    ref = kl.load_reference(ROOT / "results" / "reference.safetensors")
+    texts = json.loads((args.inputs / "data" / "perplexity.json").read_text())
+    ref = kl.load_reference(args.inputs / "results" / "reference.safetensors")
     previous = json.loads(OUT.with_suffix(".json").read_text()) if OUT.with_suffix(".json").is_file() else {}
     rows, windows = previous.get("rows", {}), previous.get("windows", {})
-    for label, name in COMMITTED.items():
-        rows[label], windows[label] = committed(name)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
             print(f"== {name}", flush=True)
-            rows[name], windows[name] = score(make(name, Path(tmp)), texts, ref, p)
+            rows[name], windows[name] = score(make(name, args.inputs, Path(tmp)), texts, ref, p)
             print(json.dumps(rows[name]), flush=True)
+    for label, name in COMMITTED.items():
+        rows[label], windows[label] = committed(name)
     result = {**provenance(), "eval": {"seq_len": p.seq_len, "max_windows": p.max_windows, "top_k": ref[0]["indices"].shape[-1]},
               "rows": rows, "paired": {f"{a} || {b}": paired(windows[a], windows[b]) for a, b in PAIRS.items()
                                        if a in windows and b in windows},

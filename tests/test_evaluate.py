@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 import re
 import shutil
@@ -20,7 +21,7 @@ from llmshrink.calib import tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = params.read(ROOT / "params.yaml")["eval"]
-STAGE_ARGS = ["models/tiny", "data", "metrics/eval/tiny.json", "results/tiny.json"]
+STAGE_ARGS = ["models/tiny", "data", "results/reference.safetensors", "metrics/eval/tiny.json", "results/tiny.json"]
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +192,11 @@ def test_evaluate_stage_end_to_end(tiny_dir, tmp_path, prose):
     (tmp_path / "data" / "choice.json").write_text(json.dumps({"toy": {"dataset": "toy", "items": items}}))
     p = {"seed": 0, "eval": {**EVAL, "seq_len": 64, "max_windows": 5, "limit": 2, "max_new_tokens": 4}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    subprocess.run([sys.executable, "-m", "stages.reference", "models/tiny", "data/perplexity.json",
+                    "results/reference.safetensors"], cwd=tmp_path, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), *STAGE_ARGS], cwd=tmp_path, check=True)
     m = json.loads((tmp_path / "metrics" / "eval" / "tiny.json").read_text())
+    assert m["kl"]["other"]["mean"] == 0 and m["kl"]["other"]["tokens"] == 5 * 63  # the base against itself
     for name, domain in (("prose", "in"), ("other", "out")):
         t = m["perplexity"][name]
         assert t["tokens"] == 5 * 63 and t["domain"] == domain and t["protocol"] == "standard"
