@@ -5,8 +5,9 @@ llama.cpp's quantizer rounds each 32-weight block to its grid independently (wit
 each column's error by the mean square of its input, and searches the scale). GPTQ (Frantar et al. 2023) instead
 quantizes one input column at a time and spreads each column's rounding error over the columns not yet quantized
 through the inverse Hessian H = 2 X Xᵀ of calibration inputs, minimising ‖W X − Q X‖ for the whole row. Here the
-grid of every 32-column group is exactly the llama.cpp block format's (`BLOCK_RULES`: the scale and minimum it
-would pick, rounded to float16 as the file stores them), fixed when GPTQ reaches the group (as GPTQ's groupwise
+grid of every 32-column group is a llama.cpp block format's (`BLOCK_RULES`: for Q4_0 / Q5_0 the scale llama.cpp's
+importance-weighted search would pick, with the Hessian's diagonal as the importance; for Q4_1 / Q5_1 the block's
+range; rounded to float16 as the file stores them), fixed when GPTQ reaches the group (as GPTQ's groupwise
 variant does), so the codes pack into the format's blocks bit for bit (`pack`). Layers are quantized in order,
 each on the outputs of the already quantized layers before it. GPTQModel's GGUF path is round-to-nearest, and
 llama.cpp has no error feedback, so this one algorithm is written here (`gptq_columns`: the paper's Algorithm 1).
@@ -43,26 +44,43 @@ def _signed_max(w: torch.Tensor) -> torch.Tensor:
     return w.gather(1, w.abs().argmax(1, keepdim=True)).squeeze(1)
 
 
-def _symmetric(levels: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, int, int]]:
-    def rule(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        d = _f16(_signed_max(w) / -(levels // 2))
-        return d, torch.zeros_like(d), -(levels // 2), levels // 2 - 1  # value = d * code, code in [lo, hi]
+def _symmetric(levels: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor, int, int]]:
+    """Q4_0 / Q5_0: value = d * code, code in [-levels/2, levels/2 - 1]. The scale is llama.cpp's search with an
+    importance matrix (`make_qx_quants`): for d = signed max / -(levels/2 + 0.1 i), i in -9..9, the codes, then
+    the least-squares scale for those codes weighted by each column's importance; the best fit wins."""
+    half = levels // 2
+
+    def rule(w: torch.Tensor, importance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        top = _signed_max(w).unsqueeze(1)
+        best, best_fit = _f16(top.squeeze(1) / -half), torch.full((w.shape[0],), -1.0)
+        for step in range(-9, 10):
+            d = top / -(half + 0.1 * step)
+            safe = torch.where(d == 0, torch.ones_like(d), d)
+            q = torch.round(w / safe).clamp(-half, half - 1)
+            sum_xq, sum_qq = (importance * w * q).sum(1), (importance * q * q).sum(1)
+            fit = torch.where(sum_qq > 0, sum_xq.square() / sum_qq.clamp_min(1e-30), torch.zeros_like(sum_qq))
+            better = fit > best_fit
+            best = torch.where(better, _f16(sum_xq / sum_qq.clamp_min(1e-30)), best)
+            best_fit = torch.where(better, fit, best_fit)
+        return best, torch.zeros_like(best), -half, half - 1
     return rule
 
 
-def _asymmetric(levels: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, int, int]]:
-    def rule(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+def _asymmetric(levels: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor, int, int]]:
+    """Q4_1 / Q5_1: value = d * code + m, code in [0, levels - 1], d and m from the block's range."""
+    def rule(w: torch.Tensor, importance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         low, high = w.min(1).values, w.max(1).values
-        return _f16((high - low) / (levels - 1)), _f16(low), 0, levels - 1  # value = d * code + m
+        return _f16((high - low) / (levels - 1)), _f16(low), 0, levels - 1
     return rule
 
 
-def _q8_0(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+def _q8_0(w: torch.Tensor, importance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     d = _f16(w.abs().max(1).values / 127)
     return d, torch.zeros_like(d), -127, 127
 
 
-# per format: block weights [rows, 32] -> (scale d, minimum m, lowest code, highest code), value = d * code + m
+# per format: block weights [rows, 32] and their columns' importance [32] -> (scale d, minimum m, lowest code,
+# highest code), value = d * code + m
 BLOCK_RULES = {"q4_0": _symmetric(16), "q5_0": _symmetric(32), "q4_1": _asymmetric(16), "q5_1": _asymmetric(32),
                "q8_0": _q8_0}
 
@@ -82,6 +100,7 @@ def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, fmt: str, damp: float =
     w = w.float().clone()
     rows, cols = w.shape
     h = hessian.double().clone()
+    importance = torch.diag(h).float()  # each input's mean square (up to a factor): llama.cpp's importance matrix
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
@@ -96,7 +115,7 @@ def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, fmt: str, damp: float =
         for i in range(end - start):
             col = start + i
             if col % BLOCK == 0:  # the group's grid, from its weights as updated so far
-                d, m, lo, hi = rule(w1[:, i : i + BLOCK])
+                d, m, lo, hi = rule(w1[:, i : i + BLOCK], importance[col : col + BLOCK])
                 scales[:, col // BLOCK], minima[:, col // BLOCK] = d, m
             q = round_to_grid(w1[:, i], d, m, lo, hi)
             codes[:, col] = q
