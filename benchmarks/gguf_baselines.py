@@ -175,21 +175,29 @@ def main() -> None:
     ref = kl.load_reference(args.inputs / "results" / "reference.safetensors")
     previous = json.loads(OUT.with_suffix(".json").read_text()) if OUT.with_suffix(".json").is_file() else {}
     rows, windows = previous.get("rows", {}), previous.get("windows", {})
+    for label, name in COMMITTED.items():
+        rows[label], windows[label] = committed(name)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.only:
+        for name in args.only:  # the result file is rewritten after each variant: an interrupted run keeps them
             print(f"== {name}", flush=True)
             rows[name], windows[name] = score(make(name, args.inputs, Path(tmp)), texts, ref, p)
             print(json.dumps(rows[name]), flush=True)
-    for label, name in COMMITTED.items():
-        rows[label], windows[label] = committed(name)
-    result = {**provenance(), "eval": {"seq_len": p.seq_len, "max_windows": p.max_windows, "top_k": ref[0]["indices"].shape[-1]},
+            write(rows, windows, p, ref)
+    print(write(rows, windows, p, ref))
+
+
+def write(rows: dict[str, Any], windows: dict[str, Any], p: params.Eval, ref: tuple) -> str:
+    """The result JSON and its Markdown table; returns the table."""
+    result = {**provenance(), "eval": {"seq_len": p.seq_len, "max_windows": p.max_windows,
+                                       "top_k": ref[0]["indices"].shape[-1]},
               "rows": rows, "paired": {f"{a} || {b}": paired(windows[a], windows[b]) for a, b in PAIRS.items()
                                        if a in windows and b in windows},
               "windows": windows}
     write_json(OUT.with_suffix(".json"), result)
+    table = markdown(result) if "pipeline: base (bf16)" in rows else ""
     with atomic_file(OUT.with_suffix(".md")) as f:
-        f.write(markdown(result))
-    print(markdown(result))
+        f.write(table)
+    return table
 
 
 if __name__ == "__main__":
