@@ -29,6 +29,7 @@ from llmshrink import export, hardware, imatrix, models, timing
 from llmshrink.atomic import atomic_dir
 from llmshrink.calib import token_windows
 from llmshrink.params import GptqGguf
+from llmshrink.wanda import layer0_inputs
 from llmshrink.params import GPTQ_GGUF_TYPES as FORMATS  # llama.cpp's 32-weight block formats
 
 BLOCK = 32
@@ -151,33 +152,6 @@ def pack(codes: torch.Tensor, scales: torch.Tensor, minima: torch.Tensor, fmt: s
 
 
 @torch.no_grad()
-def _layer_inputs(model: torch.nn.Module, windows: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, dict]]:
-    """Per calibration batch: the hidden states entering the first decoder layer and the keyword arguments the
-    decoder passes every layer (position embeddings, mask)."""
-    layers = model.get_decoder().layers
-    inputs: list[tuple[torch.Tensor, dict]] = []
-
-    class Captured(Exception):
-        pass
-
-    def capture(_module: torch.nn.Module, args: tuple, kw: dict) -> None:
-        kw = {k: v for k, v in kw.items() if k not in ("past_key_values", "use_cache")}
-        inputs.append((args[0] if args else kw.pop("hidden_states"), {**kw, "use_cache": False}))
-        raise Captured
-
-    handle = layers[0].register_forward_pre_hook(capture, with_kwargs=True)
-    try:
-        for batch in windows.split(batch_size):
-            try:
-                model(batch.to(model.device), use_cache=False)
-            except Captured:
-                pass
-    finally:
-        handle.remove()
-    return inputs
-
-
-@torch.no_grad()
 def quantize_layers(model: torch.nn.Module, windows: torch.Tensor, fmt: str, names: dict[str, str],
                     damp: float = 0.01, batch_size: int = 4, head_format: str | None = None
                     ) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -187,7 +161,7 @@ def quantize_layers(model: torch.nn.Module, windows: torch.Tensor, fmt: str, nam
     the final hidden states of the quantized decoder), under `names`' name for the head. Returns tensor name ->
     (codes, d, m)."""
     out: dict[str, tuple[torch.Tensor, ...]] = {}
-    batches = _layer_inputs(model, windows, batch_size)
+    batches = layer0_inputs(model, windows.split(batch_size))
     decoder = model.get_decoder()
     prefix = {id(layer): name for name, layer in model.named_modules() if any(layer is l for l in decoder.layers)}
     for layer in tqdm(decoder.layers, desc=f"GPTQ {fmt}"):
