@@ -35,11 +35,13 @@ def llama_cpp_dir() -> Path:
 def to_gguf(src: str | Path, out_dir: str | Path, file_type: str, imatrix: str | Path | None = None,
             types: dict[str, str] | None = None, pure: bool = False) -> dict[str, Any]:
     """Convert the dense checkpoint folder `src` into `out_dir/model.gguf` of `file_type` (one of
-    `params.GGUF_TYPES`), atomically; the types `llama-quantize` makes take the importance matrix file `imatrix`,
-    per-tensor `types` and `pure` (see `llamacpp.quantize`). Returns the file's metrics (`describe`)."""
+    `params.GGUF_TYPES`), atomically; the types `llama-quantize` makes (and any type with per-tensor `types`)
+    take the importance matrix file `imatrix`, `types` and `pure` (see `llamacpp.quantize`). Returns the file's
+    metrics (`describe`)."""
     choice("export.type", file_type, GGUF_TYPES)
+    by_converter = file_type in CONVERTER_TYPES and not types
     with atomic_dir(out_dir) as tmp:
-        if file_type in CONVERTER_TYPES:
+        if by_converter:
             convert(src, tmp / GGUF_NAME, file_type)
         else:
             from llmshrink import llamacpp
@@ -49,7 +51,7 @@ def to_gguf(src: str | Path, out_dir: str | Path, file_type: str, imatrix: str |
             llamacpp.quantize(tmp / "f16.gguf", tmp / GGUF_NAME, file_type, imatrix, pure, types)
             (tmp / "f16.gguf").unlink()
     settings = {"imatrix": imatrix is not None, "type_overrides": types or {}, "pure": pure}
-    return {"type": file_type, **(settings if file_type not in CONVERTER_TYPES else {}),
+    return {"type": file_type, **(settings if not by_converter else {}),
             **describe(Path(out_dir) / GGUF_NAME)}
 
 

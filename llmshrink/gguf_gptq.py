@@ -18,6 +18,9 @@ blocks of the same type and size.
 """
 from __future__ import annotations
 
+import re
+import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -152,30 +155,29 @@ def pack(codes: torch.Tensor, scales: torch.Tensor, minima: torch.Tensor, fmt: s
 
 
 @torch.no_grad()
-def quantize_layers(model: torch.nn.Module, windows: torch.Tensor, fmt: str, names: dict[str, str],
-                    damp: float = 0.01, batch_size: int = 4, head_format: str | None = None
-                    ) -> dict[str, tuple[torch.Tensor, ...]]:
-    """GPTQ of every linear layer of the decoder named in `names` (module name -> llama.cpp tensor name) on the
-    grid of `fmt`, layer after layer, each layer's Hessian from the outputs of the quantized layers before it;
-    the model's weights are replaced by their dequantized values. With `head_format`, the output matrix too (on
-    the final hidden states of the quantized decoder), under `names`' name for the head. Returns tensor name ->
+def quantize_layers(model: torch.nn.Module, windows: torch.Tensor, formats: dict[str, str], names: dict[str, str],
+                    damp: float = 0.01, batch_size: int = 4) -> dict[str, tuple[torch.Tensor, ...]]:
+    """GPTQ of every linear layer named in `names` (module name -> llama.cpp tensor name) on the grid of its
+    tensor's format in `formats` (tensor name -> format), layer after layer, each layer's Hessian from the outputs
+    of the quantized layers before it; the model's weights are replaced by their dequantized values. The output
+    matrix, when named, last (on the final hidden states of the quantized decoder). Returns tensor name ->
     (codes, d, m)."""
     out: dict[str, tuple[torch.Tensor, ...]] = {}
     batches = layer0_inputs(model, windows.split(batch_size))
     decoder = model.get_decoder()
     prefix = {id(layer): name for name, layer in model.named_modules() if any(layer is l for l in decoder.layers)}
-    for layer in tqdm(decoder.layers, desc=f"GPTQ {fmt}"):
+    for layer in tqdm(decoder.layers, desc="GPTQ"):
         linears = {f"{prefix[id(layer)]}.{n}": m for n, m in layer.named_modules()
                    if isinstance(m, torch.nn.Linear) and f"{prefix[id(layer)]}.{n}" in names}
         hessians = _hessians(linears, lambda: [layer(h, **kwargs) for h, kwargs in batches])
         for n, m in linears.items():
-            out[names[n]] = _quantize(m, hessians[n], fmt, damp)
+            out[names[n]] = _quantize(m, hessians[n], formats[names[n]], damp)
         batches = [(_first(layer(h, **kwargs)), kwargs) for h, kwargs in batches]
-    if head_format:  # its input: the final norm of the last layer's output (the logits are never needed)
-        head = model.get_output_embeddings()
+    head = model.get_output_embeddings()
+    if (name := next(n for n, m in model.named_modules() if m is head)) in names:
+        # its input: the final norm of the last layer's output (the logits are never needed)
         x = torch.cat([decoder.norm(h).reshape(-1, h.shape[-1]) for h, _ in batches]).double().cpu()
-        name = next(n for n, m in model.named_modules() if m is head)
-        out[names[name]] = _quantize(head, 2 * x.T @ x / len(x), head_format, damp)
+        out[names[name]] = _quantize(head, 2 * x.T @ x / len(x), formats[names[name]], damp)
     return out
 
 
@@ -246,31 +248,70 @@ def write_blocks(file: Path, blocks: dict[str, tuple[torch.Tensor, ...]], config
     del reader
 
 
-def make(src: str | Path, out: str | Path, matrix: str | Path | None, p: GptqGguf, text: str, seed: int
+def tensor_names(model: torch.nn.Module) -> dict[str, str]:
+    """Module name -> llama.cpp tensor name of every matrix of the file: the decoder's linear layers and the output
+    matrix (for a tied embedding, the file's `token_embd.weight`, which is then the output matrix too)."""
+    names = imatrix.gguf_names(model)
+    if model.config.tie_word_embeddings:
+        names = {n: "token_embd.weight" if g == "output.weight" else g for n, g in names.items()}
+    return names
+
+
+def plan_types(model: torch.nn.Module, windows: torch.Tensor, names: dict[str, str], src: str | Path, matrix: Path,
+               p: GptqGguf, tmp: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """Tensor name -> format of every matrix so that the file fits in `p.budget` of `src`'s bytes (`allocate`):
+    formats no larger than `p.type`, sensitivities from the Fisher of `p.fisher_samples` windows. The bytes
+    besides the matrices are those of a llama-quantize file of `src` in the smallest format (made in `tmp`)."""
+    from llmshrink import allocate
+
+    size = lambda f: allocate.tensor_bytes((1, BLOCK), f)  # noqa: E731
+    formats = [f for f in FORMATS if size(f) <= size(p.type)]
+    smallest = min(formats, key=size)
+    reference = export.to_gguf(src, tmp / "reference", smallest, matrix, {"token_embd": smallest, "output": smallest},
+                               pure=True)["bytes"]
+    shutil.rmtree(tmp / "reference")
+    modules = dict(model.named_modules())
+    weights = {g: modules[n].weight.detach() for n, g in names.items()}
+    with timing.part("gptq_gguf/fisher"):
+        fishers = allocate.fisher(model, windows[: p.fisher_samples], names)
+    importance = {t: torch.from_numpy(v) for t, v in imatrix.read_imatrix(matrix).items()}
+    fixed = reference - sum(allocate.tensor_bytes(tuple(w.shape), smallest) for w in weights.values())
+    return allocate.plan(weights, fishers, importance, formats, fixed, int(p.budget * models.dir_bytes(src)))
+
+
+def make(src: str | Path, out: str | Path, matrix: str | Path, p: GptqGguf, text: str, seed: int
          ) -> dict[str, Any]:
-    """GPTQ of the dense checkpoint `src` on the grid of `p.type`, written into `out/model.gguf` (llama-quantize's
-    file with the importance matrix file `matrix`, its decoder weights replaced), atomically; each GPTQ weight is
-    checked against the file as transformers reads it back. Returns the metrics."""
+    """GPTQ of the dense checkpoint `src` on llama.cpp block grids, written into `out/model.gguf` (llama-quantize's
+    file with the importance matrix file `matrix`, its GPTQ weights replaced), atomically. The decoder's matrices
+    are in `p.type` and the embedding in `p.embedding_type`, or with `p.budget` each matrix in the format
+    `plan_types` picks. Each GPTQ weight is checked against the file as transformers reads it back. Returns the
+    metrics."""
     model = models.load(src, "float32")
     windows = token_windows(models.load_tokenizer(src), text, p.samples, p.seq_len, seed)
-    names = {n: g for n, g in imatrix.gguf_names(model).items() if g.startswith("blk.") or p.embedding_gptq}
-    if p.embedding_gptq and model.config.tie_word_embeddings:  # the one matrix is the file's token embedding
-        names = {n: "token_embd.weight" if g == "output.weight" else g for n, g in names.items()}
-    with timing.part("gptq_gguf/gptq"):
-        blocks = quantize_layers(model, windows, p.type, names, p.damp_percent,
-                                 head_format=p.embedding_type if p.embedding_gptq else None)
-    emb = {} if p.embedding_type == "auto" else {"token_embd": p.embedding_type, "output": p.embedding_type}
+    names = tensor_names(model)
+    embedding = next(g for g in names.values() if not g.startswith("blk."))
     with atomic_dir(out) as tmp:
-        described = export.to_gguf(src, tmp / "container", p.type, matrix, emb, pure=True)
+        if p.budget is None:
+            formats, planned = {g: p.type for g in names.values()}, {}
+            formats[embedding] = p.embedding_type
+        else:
+            formats, planned = plan_types(model, windows, names, src, Path(matrix), p, tmp)
+        quantized = {n: g for n, g in names.items() if g != embedding or p.embedding_gptq}
+        with timing.part("gptq_gguf/gptq"):
+            blocks = quantize_layers(model, windows, formats, quantized, p.damp_percent)
+        file_type = Counter(formats.values()).most_common(1)[0][0]
+        types = {} if formats[embedding] == "auto" else {"token_embd": formats[embedding], "output": formats[embedding]}
+        types |= {f"^{re.escape(t)}$": f for t, f in formats.items() if t != embedding and f != file_type}
+        described = export.to_gguf(src, tmp / "container", file_type, matrix, types, pure=True)
         (tmp / "container" / export.GGUF_NAME).rename(tmp / export.GGUF_NAME)
         (tmp / "container").rmdir()
         write_blocks(tmp / export.GGUF_NAME, blocks, model.config)
         read_back = dict(models.load(tmp, "float32", torch.device("cpu")).named_modules())
         ours = dict(model.named_modules())
-        for name in names:  # the tied embedding is checked as the head
+        for name in quantized:  # the tied embedding is checked as the head
             if not torch.equal(read_back[name].weight, ours[name].weight.cpu()):
                 raise RuntimeError(f"{name}: the GGUF file does not hold the GPTQ weights (row order?)")
     return {**described, **export.describe(Path(out) / export.GGUF_NAME), "gptq_type": p.type,
-            "embedding_gptq": p.embedding_gptq,
+            "embedding_gptq": p.embedding_gptq, **planned,
             "samples": p.samples, "seq_len": p.seq_len, "damp_percent": p.damp_percent,
             "device": hardware.name(model.device)}

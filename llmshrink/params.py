@@ -444,13 +444,20 @@ class GptqGguf:
     samples: int
     seq_len: int
     damp_percent: float
+    budget: float | None
+    fisher_samples: int
 
     def __post_init__(self) -> None:
         flag("gptq_gguf.enabled", self.enabled)
         choice("gptq_gguf.type", self.type, GPTQ_GGUF_TYPES)
         embedding_type("gptq_gguf.embedding_type", self.embedding_type)
-        if flag("gptq_gguf.embedding_gptq", self.embedding_gptq):
+        flag("gptq_gguf.embedding_gptq", self.embedding_gptq)
+        if self.budget is not None:
+            in_range("gptq_gguf.budget", self.budget, 0, 1, low_open=True)
+            choice("gptq_gguf.embedding_type (with a budget, which picks it)", self.embedding_type, ("auto",))
+        elif self.embedding_gptq:
             choice("gptq_gguf.embedding_type (with embedding_gptq)", self.embedding_type, GPTQ_GGUF_TYPES)
+        integer("gptq_gguf.fisher_samples", self.fisher_samples, 1)
         integer("gptq_gguf.samples", self.samples, 1)
         integer("gptq_gguf.seq_len", self.seq_len, 2)
         in_range("gptq_gguf.damp_percent", self.damp_percent, 0, 1, low_open=True, high_open=True)
