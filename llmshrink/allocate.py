@@ -74,11 +74,18 @@ def fisher(model: torch.nn.Module, windows: torch.Tensor, names: dict[str, str])
     return {t: s / len(windows) for t, s in sums.items()}
 
 
+def round_all(weights: dict[str, torch.Tensor], importance: dict[str, torch.Tensor], formats: list[str]
+              ) -> dict[str, dict[str, torch.Tensor]]:
+    """Tensor -> format -> the tensor rounded to the format's grid (`round_to_nearest`)."""
+    return {t: {f: round_to_nearest(w, importance[t], f) for f in formats}
+            for t, w in tqdm(weights.items(), desc="rounding")}
+
+
 def sensitivities(weights: dict[str, torch.Tensor], fishers: dict[str, torch.Tensor],
-                  importance: dict[str, torch.Tensor], formats: list[str]) -> dict[str, dict[str, float]]:
-    """s(t, f) for every tensor t of `weights` and format f of `formats` (see the module's docstring)."""
-    return {t: {f: 0.5 * float((fishers[t] * (w.float() - round_to_nearest(w, importance[t], f)).square()).sum())
-                for f in formats} for t, w in weights.items()}
+                  rounded: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, float]]:
+    """s(t, f) for every tensor t and format f of `rounded` (see the module's docstring)."""
+    return {t: {f: 0.5 * float((fishers[t] * (weights[t].float() - q).square()).sum()) for f, q in rounded[t].items()}
+            for t in weights}
 
 
 def assign(options: dict[str, dict[str, tuple[int, float]]], budget: int) -> dict[str, str]:
@@ -101,11 +108,10 @@ def assign(options: dict[str, dict[str, tuple[int, float]]], budget: int) -> dic
     return choice
 
 
-def plan(weights: dict[str, torch.Tensor], fishers: dict[str, torch.Tensor], importance: dict[str, torch.Tensor],
-         formats: list[str], fixed_bytes: int, budget: int) -> tuple[dict[str, str], dict[str, Any]]:
-    """The format of each matrix in `weights` so the file (`fixed_bytes` for everything else) fits in `budget`
-    bytes; with the predicted file bytes and damage."""
-    damage = sensitivities(weights, fishers, importance, formats)
+def plan(weights: dict[str, torch.Tensor], damage: dict[str, dict[str, float]], formats: list[str],
+         fixed_bytes: int, budget: int) -> tuple[dict[str, str], dict[str, Any]]:
+    """The format (of `formats`) of each matrix in `weights` so that the file (`fixed_bytes` for everything else)
+    fits in `budget` bytes, by its `damage`; with the predicted file bytes and damage."""
     options = {t: {f: (tensor_bytes(tuple(w.shape), f), damage[t][f]) for f in formats} for t, w in weights.items()}
     chosen = assign(options, budget - fixed_bytes)
     predicted = fixed_bytes + sum(options[t][f][0] for t, f in chosen.items())

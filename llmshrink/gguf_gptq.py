@@ -257,26 +257,43 @@ def tensor_names(model: torch.nn.Module) -> dict[str, str]:
     return names
 
 
+def formats_up_to(top: str) -> list[str]:
+    """The 32-block formats no larger than `top`."""
+    from llmshrink.allocate import tensor_bytes
+
+    return [f for f in FORMATS if tensor_bytes((1, BLOCK), f) <= tensor_bytes((1, BLOCK), top)]
+
+
+def fixed_bytes(src: str | Path, matrix: Path, weights: dict[str, torch.Tensor], tmp: Path) -> int:
+    """The bytes of `src`'s llama.cpp file other than its matrices `weights` (tensor name -> weight): those of a
+    llama-quantize file of `src` (made in `tmp`, then removed) less its matrices, all in Q4_0."""
+    from llmshrink.allocate import tensor_bytes
+
+    reference = export.to_gguf(src, tmp / "reference", "q4_0", matrix, {"token_embd": "q4_0", "output": "q4_0"},
+                               pure=True)["bytes"]
+    shutil.rmtree(tmp / "reference")
+    return reference - sum(tensor_bytes(tuple(w.shape), "q4_0") for w in weights.values())
+
+
+def matrices(model: torch.nn.Module, names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Tensor name -> weight of every module of `names` (module name -> tensor name)."""
+    modules = dict(model.named_modules())
+    return {g: modules[n].weight.detach() for n, g in names.items()}
+
+
 def plan_types(model: torch.nn.Module, windows: torch.Tensor, names: dict[str, str], src: str | Path, matrix: Path,
                p: GptqGguf, tmp: Path) -> tuple[dict[str, str], dict[str, Any]]:
     """Tensor name -> format of every matrix so that the file fits in `p.budget` of `src`'s bytes (`allocate`):
-    formats no larger than `p.type`, sensitivities from the Fisher of `p.fisher_samples` windows. The bytes
-    besides the matrices are those of a llama-quantize file of `src` in the smallest format (made in `tmp`)."""
+    formats no larger than `p.type`, sensitivities from the Fisher of `p.fisher_samples` windows."""
     from llmshrink import allocate
 
-    size = lambda f: allocate.tensor_bytes((1, BLOCK), f)  # noqa: E731
-    formats = [f for f in FORMATS if size(f) <= size(p.type)]
-    smallest = min(formats, key=size)
-    reference = export.to_gguf(src, tmp / "reference", smallest, matrix, {"token_embd": smallest, "output": smallest},
-                               pure=True)["bytes"]
-    shutil.rmtree(tmp / "reference")
-    modules = dict(model.named_modules())
-    weights = {g: modules[n].weight.detach() for n, g in names.items()}
+    formats, weights = formats_up_to(p.type), matrices(model, names)
     with timing.part("gptq_gguf/fisher"):
         fishers = allocate.fisher(model, windows[: p.fisher_samples], names)
     importance = {t: torch.from_numpy(v) for t, v in imatrix.read_imatrix(matrix).items()}
-    fixed = reference - sum(allocate.tensor_bytes(tuple(w.shape), smallest) for w in weights.values())
-    return allocate.plan(weights, fishers, importance, formats, fixed, int(p.budget * models.dir_bytes(src)))
+    damage = allocate.sensitivities(weights, fishers, allocate.round_all(weights, importance, formats))
+    return allocate.plan(weights, damage, formats, fixed_bytes(src, matrix, weights, tmp),
+                         int(p.budget * models.dir_bytes(src)))
 
 
 def make(src: str | Path, out: str | Path, matrix: str | Path, p: GptqGguf, text: str, seed: int

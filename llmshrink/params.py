@@ -463,9 +463,29 @@ class GptqGguf:
         in_range("gptq_gguf.damp_percent", self.damp_percent, 0, 1, low_open=True, high_open=True)
 
 
+@dataclass(frozen=True)
+class Search:
+    """Recipe search under byte budgets (`llmshrink/search.py`): budgets × largest formats of `gptq_gguf`."""
+
+    budgets: tuple[float, ...]
+    types: tuple[str, ...]
+    screen_windows: int
+    full: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.budgets, (list, tuple)) or not self.budgets:
+            raise ValueError(f"search.budgets={self.budgets!r} must be a non-empty list of shares in (0, 1]")
+        object.__setattr__(self, "budgets", tuple(in_range("search.budgets", b, 0, 1, low_open=True)
+                                                  for b in self.budgets))
+        object.__setattr__(self, "types", names("search.types", self.types, GPTQ_GGUF_TYPES))
+        integer("search.screen_windows", self.screen_windows, 1)
+        integer("search.full", self.full, 1)
+
+
 SECTIONS = {"model": Model, "data": Data, "prune": Prune, "wanda": Wanda, "structured": Structured, "lora": Lora,
             "gptq": Gptq, "eora": Eora, "eval": Eval, "benchmark": Benchmark, "explore": Explore,
-            "export": Export, "imatrix": Imatrix, "kquant_base": KquantBase, "gptq_gguf": GptqGguf}
+            "export": Export, "imatrix": Imatrix, "kquant_base": KquantBase, "gptq_gguf": GptqGguf,
+            "search": Search}
 
 
 def load(section: str, path: str | Path = "params.yaml") -> Any:
