@@ -34,6 +34,9 @@ FAMILIES = {
 # fused linear layer -> the projections its output rows hold, in order (Phi-3's, as transformers splits them)
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 ATTENTION, MLP = "self_attn", "mlp"
+# model_type -> llama.cpp's architecture name where its converter writes another (Mistral as a Llama; the text-only
+# Gemma 3 under its family's name); every other family keeps its model_type
+GGUF_ARCH = {"mistral": "llama", "gemma3_text": "gemma3"}
 
 
 class Unsupported(ValueError):
@@ -117,6 +120,11 @@ class Family:
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
         return list(DEFAULTS.get(self.model_type, DEFAULTS.get(self.model_type.removesuffix("_text"), [])))
+
+
+def gguf_arch(model_type: str) -> str:
+    """The `general.architecture` llama.cpp's converter writes for a family."""
+    return GGUF_ARCH.get(model_type, model_type)
 
 
 def head(model: PreTrainedModel) -> torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from llmshrink import export, hardware, imatrix, models, timing
+from llmshrink import export, family, hardware, imatrix, models, timing
 from llmshrink.atomic import atomic_dir
 from llmshrink.calib import token_windows
 from llmshrink.params import GptqGguf
@@ -250,7 +250,11 @@ def make(src: str | Path, out: str | Path, matrix: str | Path | None, p: GptqGgu
          ) -> dict[str, Any]:
     """GPTQ of the dense checkpoint `src` on the grid of `p.type`, written into `out/model.gguf` (llama-quantize's
     file with the importance matrix file `matrix`, its decoder weights replaced), atomically; each GPTQ weight is
-    checked against the file as transformers reads it back. Returns the metrics."""
+    checked against the file as transformers reads it back. Returns the metrics. Llama only: the file's row
+    layout of other families' weights is not what `write_blocks` writes (refused before any work)."""
+    if (model_type := models.read_config(src)["model_type"]) != "llama":
+        raise family.Unsupported(model_type, "gptq_gguf", "GPTQ on llama.cpp's grids is written and checked for "
+                                 "the Llama layout only; use export (llama-quantize) for this family")
     model = models.load(src, "float32")
     windows = token_windows(models.load_tokenizer(src), text, p.samples, p.seq_len, seed)
     names = {n: g for n, g in imatrix.gguf_names(model).items() if g.startswith("blk.") or p.embedding_gptq}

@@ -105,7 +105,7 @@ class Model:
     tokenizer: str
 
     def __post_init__(self) -> None:
-        choice("model.source", self.source, ("embedded", "hub", "local", "tiny", "random"))
+        choice("model.source", self.source, ("embedded", "gemma3-270m", "hub", "local", "tiny", "random"))
         choice("model.shape", self.shape, ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"))
         if not isinstance(self.hub_revision, str) or not re.fullmatch(r"[\w./-]+", self.hub_revision):
             raise ValueError(f"model.hub_revision={self.hub_revision!r} must be a branch, tag or commit of "

@@ -12,6 +12,8 @@ def main(argv: list[str] | None = None) -> None:
     p, seed = params.load("model"), params.load("seed")
     if p.source == "embedded":
         model, tokenizer = models.load_embedded()
+    elif p.source == "gemma3-270m":
+        model, tokenizer = models.load_gemma3_270m()
     elif p.source == "hub":
         model, tokenizer = models.load_hub(p.hub_id, p.hub_revision)
     elif p.source == "local":
