@@ -4,7 +4,9 @@ stage) cell either passes a behavioural check or is a refusal asserted here (doc
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,15 @@ EVAL = params.Eval(**{**PARAMS["eval"], "seq_len": 32, "batch_size": 4, "max_win
 RECORDS = [{"question": "What is the capital of France?", "answer": "Paris", "aliases": ["Paris"],
             "context": "Paris is the capital and largest city of France."}]
 TASKS = {"toy": {"dataset": "toy", "items": [{"query": "Question: The sky is", "choices": ["blue", "green"], "gold": 0}]}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def frozen_heap():
+    """GPTQModel runs gc.collect() many times per layer; with the imported libraries' objects frozen out of the
+    collector each collection is cheap (no object is kept alive by this)."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="module")
@@ -151,21 +162,20 @@ def check_quantize(src: Path, work: Path, prose: str, ids: torch.Tensor) -> None
     assert (quantized - dense).norm() / dense.norm() < 0.2
 
 
-def check_export(model_type: str, src: Path, out: Path, ids: torch.Tensor) -> None:
-    """GGUF export by llama.cpp's converter (F16) and its read-back by transformers: logits within 1e-2 of the
-    dense ones (float16 weights); or the refusal of the converter or of the loader."""
+def check_export(model_type: str, exported: Future, out: Path, dense: torch.Tensor, ids: torch.Tensor) -> None:
+    """GGUF export by llama.cpp's converter (F16, `exported` running `export.to_gguf`) and its read-back by
+    transformers: logits within 1e-2 of the dense ones `dense` (float16 weights); or the refusal of the converter
+    or of the loader."""
     if model_type in EXPORT_REFUSED:
         with pytest.raises(family.Unsupported, match=f"export.*{model_type}.*{EXPORT_REFUSED[model_type]}"):
-            export.to_gguf(src, out, "f16")
+            exported.result()
         return
-    described = export.to_gguf(src, out, "f16")
-    assert described["layers"] == 2
+    assert exported.result()["layers"] == 2
     if model_type in READBACK_REFUSED:
         with pytest.raises(family.Unsupported, match="GGUF read-back"):
             models.load(out, "float32", CPU)
         return
-    dense, read_back = logits(models.load(src, "float32", CPU), ids), logits(models.load(out, "float32", CPU), ids)
-    torch.testing.assert_close(read_back, dense, atol=1e-2, rtol=0)
+    torch.testing.assert_close(logits(models.load(out, "float32", CPU), ids), dense, atol=1e-2, rtol=0)
 
 
 def check_evaluate(model: torch.nn.Module, tokenizer, path: Path, prose: str) -> None:
@@ -191,9 +201,11 @@ def test_every_stage(model_type: str, tokenizer, calib: torch.Tensor, prose: str
                        progress=False)
     assert healed.metrics["sparsity_after"] == pytest.approx(0.5, abs=0.01)  # LoRA kept WANDA's zeros
     models.save(healed.model, tokenizer, tmp_path / "lora", "float32")
-    check_quantize(tmp_path / "lora", tmp_path, prose, calib)
-    check_export(model_type, tmp_path / "lora", tmp_path / "gguf", calib)
-    final = models.load(tmp_path / "lora", "float32", CPU)
+    with ThreadPoolExecutor(1) as pool:  # llama.cpp's converter runs in a child process meanwhile
+        exported = pool.submit(export.to_gguf, tmp_path / "lora", tmp_path / "gguf", "f16")
+        check_quantize(tmp_path / "lora", tmp_path, prose, calib)
+        final = models.load(tmp_path / "lora", "float32", CPU)
+        check_export(model_type, exported, tmp_path / "gguf", logits(final, calib), calib)
     check_evaluate(final, tokenizer, tmp_path / "lora", prose)
     rows, _ = explore.explore(final, tokenizer, {"all": [0, 1], "repeat": [0, 0, 1]}, prose[:4000], RECORDS, EVAL,
                               "The capital of France is", 3)
