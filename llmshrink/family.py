@@ -3,9 +3,9 @@ linear layers a layer has (fused ones such as Phi-3's `qkv_proj` / `gate_up_proj
 biases, q/k norms, per-layer attention types, tied and scaled embeddings and the output head's scaling.
 
 Everything is read from the transformers model (its modules, on the meta device when only a folder is given) and
-config; the rest comes from the libraries that already know it: LoRA's default targets from peft, GPTQ support
-from GPTQModel's model map (`quantize`), the GGUF architecture from llama.cpp's converter (`export`) and the GGUF
-read-back from transformers' GGUF loader. The only table here is the row layout of fused projections.
+config; the rest comes from the libraries that already know it: GPTQ support from GPTQModel's model map (`quantize`),
+whether a model converts from llama.cpp's converter (`export`), the GGUF read-back from transformers' GGUF loader
+(`models`). The only tables here are the row layout of fused projections and two GGUF architecture names.
 """
 from __future__ import annotations
 
@@ -115,11 +115,19 @@ class Family:
                 start += size[p]
         return out
 
-    def lora_targets(self) -> list[str]:
-        """peft's default LoRA targets for this family (the projections they hold), for docs and reports."""
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
-
-        return list(DEFAULTS.get(self.model_type, DEFAULTS.get(self.model_type.removesuffix("_text"), [])))
+    def describe(self) -> str:
+        """One line naming what sets this family's decoder apart from Llama's (for the stages' logs)."""
+        fused = ", ".join(f"{path} = {'+'.join(held)}" for path, held in self.fused.items())
+        parts = [f"fused {fused}" if fused else "",
+                 f"biases on {', '.join(self.biased)}" if self.biased else "",
+                 f"{self.qk_norm} q/k norms" if self.qk_norm else "",
+                 f"layer types {'/'.join(sorted(set(self.layer_types)))}" if self.layer_types else "",
+                 f"sliding window {self.sliding_window}" if self.sliding_window else "",
+                 "tied embeddings" if self.tied_embeddings else "",
+                 f"embeddings x{self.embed_scale:g}" if self.embed_scale else "",
+                 f"logits / {self.logits_scaling:g}" if self.logits_scaling else "",
+                 f"logits soft-capped at {self.logit_softcap:g}" if self.logit_softcap else ""]
+        return f"{self.model_type} ({self.architecture}): " + ("; ".join(p for p in parts if p) or "Llama-like")
 
 
 def gguf_arch(model_type: str) -> str:

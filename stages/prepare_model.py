@@ -1,7 +1,7 @@
 """Stage prepare_model: the base checkpoint from `model.source`, saved in `model.dtype`."""
 import argparse
 
-from llmshrink import models, params, timing
+from llmshrink import family, models, params, timing
 from llmshrink.atomic import atomic_dir
 
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_dir(args.out) as tmp:
         models.save(model, tokenizer, tmp, p.dtype)
     print(f"{args.out}: {model.config.model_type}, {model.config.num_hidden_layers} layers, "
-          f"{sum(t.numel() for t in model.parameters()):,} parameters")
+          f"{sum(t.numel() for t in model.parameters()):,} parameters; {family.of(model).describe()}")
 
 
 if __name__ == "__main__":

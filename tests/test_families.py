@@ -215,6 +215,23 @@ def test_every_stage(model_type: str, tokenizer, calib: torch.Tensor, prose: str
     assert set(speed["checkpoints"]) == {"base", "lora"}
 
 
+def test_family_description_is_read_from_the_model(tokenizer) -> None:
+    """What sets each family apart, read from its transformers model and config."""
+    f = {t: family.of(tiny(t, tokenizer)) for t in ("phi3", "qwen2", "olmo2", "qwen3", "gemma2", "granite", "llama")}
+    assert f["phi3"].fused == {"self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"),
+                               "mlp.gate_up_proj": ("gate_proj", "up_proj")}
+    assert f["phi3"].rows(tiny("phi3", tokenizer).config)["v_proj"] == ("self_attn.qkv_proj", 192, 64)
+    assert f["phi3"].resolve("lora", ["q_proj", "k_proj", "v_proj", "o_proj"]) == ["o_proj", "qkv_proj"]
+    with pytest.raises(family.Unsupported, match="lora: model family 'phi3'.*qkv_proj fuses"):
+        f["phi3"].resolve("lora", ["q_proj", "v_proj"])
+    assert f["qwen2"].biased == ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+    assert (f["olmo2"].qk_norm, f["qwen3"].qk_norm, f["llama"].qk_norm) == ("full", "head", None)
+    assert (f["gemma2"].logit_softcap, f["gemma2"].embed_scale, f["gemma2"].layer_types[:2]) == \
+        (30.0, 8.0, ("sliding_attention", "full_attention"))
+    assert (f["granite"].logits_scaling, f["granite"].embed_scale) == (4.0, 2.0)
+    assert f["llama"].describe() == "llama (LlamaForCausalLM): Llama-like"
+
+
 def test_unsupported_family_is_refused_naming_it() -> None:
     from transformers import GPT2Config
 
