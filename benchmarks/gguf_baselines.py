@@ -94,7 +94,8 @@ def make(name: str, inputs: Path, tmp: Path) -> Path:
         types = {} if embedding == "auto" else {"token_embd": embedding, "output": embedding}
         export.to_gguf(src, out, file_type, matrix, types)
     else:
-        p = dataclasses.replace(params.GptqGguf(**raw["gptq_gguf"]), type=file_type, embedding_type=embedding, budget=None,
+        p = dataclasses.replace(params.GptqGguf(**raw["gptq_gguf"]), method="gptq", type=file_type,
+                                embedding_type=embedding, budget=None,
                                 embedding_gptq=maker.endswith("+head"))
         gguf_gptq.make(src, out, matrix, p, calibration(inputs, maker.endswith("+mixed")), raw["seed"])
     return out

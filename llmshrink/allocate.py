@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from llmshrink.gguf_gptq import BLOCK, BLOCK_RULES, dequantize, round_to_grid
+from llmshrink.gguf_gptq import BLOCK, BLOCK_RULES, round_to_grid
 from llmshrink.params import InputError
 
 ALIGNMENT = 32  # gguf's GGUF_DEFAULT_ALIGNMENT, which llama-quantize writes with
@@ -35,17 +35,14 @@ def tensor_bytes(shape: tuple[int, int], fmt: str, alignment: int = ALIGNMENT) -
 
 
 def round_to_nearest(w: torch.Tensor, importance: torch.Tensor, fmt: str) -> torch.Tensor:
-    """`w` [rows, cols] rounded to the grid of `fmt` block by block, each block's scale from its rule with the
-    columns' `importance` (llama.cpp's quantizer, without GPTQ's error feedback)."""
-    rule, w = BLOCK_RULES[fmt], w.float()
-    codes, scales, minima = torch.zeros_like(w), torch.zeros(w.shape[0], w.shape[1] // BLOCK), torch.zeros(
-        w.shape[0], w.shape[1] // BLOCK)
-    for b in range(w.shape[1] // BLOCK):
-        cols = slice(b * BLOCK, (b + 1) * BLOCK)
-        d, m, lo, hi = rule(w[:, cols], importance[cols].float())
-        scales[:, b], minima[:, b] = d, m
-        codes[:, cols] = round_to_grid(w[:, cols], d.unsqueeze(1), m.unsqueeze(1), lo, hi)
-    return dequantize(codes, scales, minima)
+    """`w` [rows, cols] rounded to the grid of `fmt`, every 32-column block at once, each block's scale from its
+    rule with the columns' `importance` (llama.cpp's quantizer, without GPTQ's error feedback)."""
+    rows, cols = w.shape
+    blocks = w.float().reshape(-1, BLOCK)
+    weight = importance.float().reshape(1, cols // BLOCK, BLOCK).expand(rows, -1, -1).reshape(-1, BLOCK)
+    d, m, lo, hi = BLOCK_RULES[fmt](blocks, weight)
+    codes = round_to_grid(blocks, d.unsqueeze(1), m.unsqueeze(1), lo, hi)
+    return (codes * d.unsqueeze(1) + m.unsqueeze(1)).reshape(rows, cols)
 
 
 def fisher(model: torch.nn.Module, windows: torch.Tensor, names: dict[str, str]) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from llmshrink.perplexity import perplexity
-from llmshrink.models import decoder_layers
+from llmshrink.family import layers as decoder_layers, set_layers
 from llmshrink.params import choice, integer
 
 CRITERIA = ("ppl", "taylor", "magnitude", "block_influence")
@@ -47,7 +47,7 @@ def keep_layers(model: PreTrainedModel, indices: Sequence[int]) -> PreTrainedMod
         seen.add(i)
     for pos, layer in enumerate(kept):
         layer.self_attn.layer_idx = pos
-    model.model.layers = torch.nn.ModuleList(kept)
+    set_layers(model, kept)
     config = model.config
     for key in PER_LAYER_CONFIG_LISTS:
         values = getattr(config, key, None)
@@ -66,7 +66,7 @@ def layers_kept(model: PreTrainedModel, indices: Sequence[int]) -> Iterator[PreT
     try:
         yield keep_layers(model, indices)
     finally:
-        model.model.layers = layers
+        set_layers(model, layers)
         for layer, idx in zip(layers, layer_idx):
             layer.self_attn.layer_idx = idx
         for key, value in saved.items():

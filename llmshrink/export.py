@@ -25,6 +25,7 @@ from llmshrink.params import CONVERTER_TYPES, GGUF_TYPES, choice
 LLAMA_CPP = "llama-cpp-python==0.3.36"  # its source distribution vendors llama.cpp, converter and gguf-py
 CONVERTER = ("conversion", "gguf-py")  # below vendor/llama.cpp: the converter's model classes and its gguf-py
 GGUF_NAME = "model.gguf"
+UNSUPPORTED = 3  # the converter child's exit code when it cannot convert the model's family (its reason on stderr)
 
 
 def llama_cpp_dir() -> Path:
@@ -39,6 +40,7 @@ def to_gguf(src: str | Path, out_dir: str | Path, file_type: str, imatrix: str |
     take the importance matrix file `imatrix`, `types` and `pure` (see `llamacpp.quantize`). Returns the file's
     metrics (`describe`)."""
     choice("export.type", file_type, GGUF_TYPES)
+    check_family(src)
     by_converter = file_type in CONVERTER_TYPES and not types
     with atomic_dir(out_dir) as tmp:
         if by_converter:
@@ -55,11 +57,31 @@ def to_gguf(src: str | Path, out_dir: str | Path, file_type: str, imatrix: str |
             **describe(Path(out_dir) / GGUF_NAME)}
 
 
+def check_family(src: str | Path) -> None:
+    """Refuse, before converting, a model the GGUF file would compute differently: llama.cpp's converter writes a
+    Mistral as a Llama, without its sliding window (Mistral 7B v0.1's 4096 tokens; later ones have none)."""
+    from llmshrink import family, models  # not at the top: the converter's child process imports this module
+
+    config = models.read_config(src)
+    window, positions = config.get("sliding_window"), config.get("max_position_embeddings") or 0
+    if config.get("model_type") == "mistral" and window and window < positions:
+        raise family.Unsupported("mistral", "export", f"llama.cpp's converter writes a Mistral as a Llama, without "
+                                 f"its sliding window of {window} tokens: beyond {window} tokens of context the GGUF "
+                                 f"file would attend differently (sliding_window null converts)")
+
+
 def convert(src: str | Path, out: Path, file_type: str) -> None:
     """llama.cpp's converter: the dense checkpoint folder `src` into the file `out` of a `CONVERTER_TYPES` type."""
     cmd = [sys.executable, "-m", "llmshrink.export", str(llama_cpp_dir()), str(src), str(out), file_type]
-    if (code := subprocess.run(cmd).returncode) != 0:
-        raise RuntimeError(f"llama.cpp's converter failed on {src} (exit {code}; its message is above)")
+    done = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(done.stderr)
+    if done.returncode == UNSUPPORTED:
+        from llmshrink import family  # not at the top: the converter's child process imports this module
+
+        raise family.Unsupported(family.of_path(src).model_type, "export", f"llama.cpp's converter in {LLAMA_CPP} "
+                                 f"cannot convert {src}: {done.stderr.strip().splitlines()[-1]}")
+    if done.returncode != 0:
+        raise RuntimeError(f"llama.cpp's converter failed on {src} (exit {done.returncode}; its message is above)")
 
 
 def describe(file: str | Path) -> dict[str, Any]:
@@ -77,16 +99,36 @@ def describe(file: str | Path) -> dict[str, Any]:
 
 
 def _convert(llama_cpp: Path, src: Path, out: Path, file_type: str) -> None:
-    """In the child process: llama.cpp's converter class for `src`'s architecture writes `out`."""
+    """In the child process: llama.cpp's converter class for `src`'s architecture writes `out`; an architecture it
+    has no class for, or a vocabulary it cannot read (Gemma 2 and Phi-3 take only a SentencePiece tokenizer.model),
+    exits with `UNSUPPORTED` and the converter's reason, before the file is opened."""
     sys.path[:0] = [str(llama_cpp / "gguf-py"), str(llama_cpp)]
     import gguf
     import torch
     from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
 
     logging.basicConfig(level=logging.WARNING)
-    model_class = get_model_class(get_model_architecture(ModelBase.load_hparams(src, False), ModelType.TEXT))
+    try:
+        model_class = get_model_class(get_model_architecture(ModelBase.load_hparams(src, False), ModelType.TEXT))
+    except NotImplementedError as err:
+        _refuse(err)
+    model = model_class(src, gguf.LlamaFileType[f"MOSTLY_{file_type.upper()}"], out, model_name=src.name)
+    set_vocab = model.set_vocab
+
+    def checked_vocab() -> None:  # `write` reads the vocabulary before it opens the file
+        try:
+            set_vocab()
+        except (NotImplementedError, ValueError, FileNotFoundError) as err:
+            _refuse(err)
+
+    model.set_vocab = checked_vocab
     with torch.inference_mode():
-        model_class(src, gguf.LlamaFileType[f"MOSTLY_{file_type.upper()}"], out, model_name=src.name).write()
+        model.write()
+
+
+def _refuse(err: Exception) -> None:
+    print(f"{type(err).__name__}: {err}", file=sys.stderr)
+    sys.exit(UNSUPPORTED)
 
 
 if __name__ == "__main__":

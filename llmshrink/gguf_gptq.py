@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from llmshrink import export, hardware, imatrix, models, timing
+from llmshrink import export, family, hardware, imatrix, models, timing
 from llmshrink.atomic import atomic_dir
 from llmshrink.calib import token_windows
 from llmshrink.params import GptqGguf
@@ -301,8 +301,12 @@ def make(src: str | Path, out: str | Path, matrix: str | Path, p: GptqGguf, text
     """GPTQ of the dense checkpoint `src` on llama.cpp block grids, written into `out/model.gguf` (llama-quantize's
     file with the importance matrix file `matrix`, its GPTQ weights replaced), atomically. The decoder's matrices
     are in `p.type` and the embedding in `p.embedding_type`, or with `p.budget` each matrix in the format
-    `plan_types` picks. Each GPTQ weight is checked against the file as transformers reads it back. Returns the
-    metrics."""
+    `plan_types` picks. With `p.method` "rtn" the matrices keep llama-quantize's own rounding (no GPTQ). Each
+    GPTQ weight is checked against the file as transformers reads it back. Returns the metrics. Llama only: the file's row layout of other families' weights is not what `write_blocks` writes
+    (refused before any work)."""
+    if (model_type := models.read_config(src)["model_type"]) != "llama":
+        raise family.Unsupported(model_type, "gptq_gguf", "GPTQ on llama.cpp's grids is written and checked for "
+                                 "the Llama layout only; use export (llama-quantize) for this family")
     model = models.load(src, "float32")
     windows = token_windows(models.load_tokenizer(src), text, p.samples, p.seq_len, seed)
     names = tensor_names(model)
@@ -313,7 +317,7 @@ def make(src: str | Path, out: str | Path, matrix: str | Path, p: GptqGguf, text
             formats[embedding] = p.embedding_type
         else:
             formats, planned = plan_types(model, windows, names, src, Path(matrix), p, tmp)
-        quantized = {n: g for n, g in names.items() if g != embedding or p.embedding_gptq}
+        quantized = {n: g for n, g in names.items() if p.method == "gptq" and (g != embedding or p.embedding_gptq)}
         with timing.part("gptq_gguf/gptq"):
             blocks = quantize_layers(model, windows, formats, quantized, p.damp_percent)
         file_type = Counter(formats.values()).most_common(1)[0][0]
@@ -329,6 +333,6 @@ def make(src: str | Path, out: str | Path, matrix: str | Path, p: GptqGguf, text
             if not torch.equal(read_back[name].weight, ours[name].weight.cpu()):
                 raise RuntimeError(f"{name}: the GGUF file does not hold the GPTQ weights (row order?)")
     return {**described, **export.describe(Path(out) / export.GGUF_NAME), "gptq_type": p.type,
-            "embedding_gptq": p.embedding_gptq, **planned,
+            "method": p.method, "embedding_gptq": p.embedding_gptq, **planned,
             "samples": p.samples, "seq_len": p.seq_len, "damp_percent": p.damp_percent,
             "device": hardware.name(model.device)}

@@ -16,6 +16,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from llmshrink import family
+
 FILE_NAME = "imatrix.gguf"  # in the imatrix stage's output folder
 
 
@@ -24,7 +26,7 @@ def gguf_names(model: torch.nn.Module) -> dict[str, str]:
     .weight`, `output.weight`), from gguf's own tensor-name map for the model's architecture."""
     import gguf
 
-    arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == model.config.model_type)
+    arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == family.gguf_arch(model.config.model_type))
     table = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
     out = {}
     for name, module in model.named_modules():

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from llmshrink.calib import token_windows
-from llmshrink import hardware
+from llmshrink import family, hardware
 from llmshrink.params import MODULES, Lora, choice
 from llmshrink.qa import prompt, read_qa
 
@@ -177,9 +177,10 @@ def heal(model: PreTrainedModel, batches: list[Batch], p: Lora, seed: int, adapt
     if teacher is not None and teacher.config.vocab_size != model.config.vocab_size:
         raise ValueError(f"the teacher's vocabulary ({teacher.config.vocab_size}) differs from the model's "
                          f"({model.config.vocab_size}): distillation needs the same tokenizer")
-    trained = p.targets if p.method == "lora" else MODULES
+    # the linear layers holding the named projections (Phi-3's fused qkv_proj / gate_up_proj when all are named)
+    trained = family.of(model).resolve("lora", p.targets if p.method == "lora" else MODULES)
     if p.method == "lora":
-        check_targets(model, p.targets)
+        check_targets(model, trained)
     weights = target_weights(model, trained)
     masks = {name: w != 0 for name, w in weights.items()}
     before = sparsity(weights)
@@ -188,7 +189,7 @@ def heal(model: PreTrainedModel, batches: list[Batch], p: Lora, seed: int, adapt
     if p.method == "lora":
         torch.manual_seed(seed)  # initialisation of A
         config = LoraConfig(
-            r=p.rank, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=list(p.targets),
+            r=p.rank, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=trained,
             bias="none", task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, config)

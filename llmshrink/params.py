@@ -19,6 +19,7 @@ CONVERTER_TYPES = ("f16", "bf16", "q8_0")  # GGUF file types llama.cpp's convert
 GGUF_TYPES = (*CONVERTER_TYPES, "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s", "q4_1", "q4_0",
               "iq4_xs", "iq4_nl", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")  # and what llama-quantize makes
 GPTQ_GGUF_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")  # llama.cpp's 32-weight block formats (gguf_gptq)
+GPTQ_GGUF_METHODS = ("gptq", "rtn")  # gguf_gptq: GPTQ's error feedback, or llama-quantize's rounding alone
 BLOCK_TYPES = ("q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "iq4_nl", "q3_k", "q2_k")  # tensors
 
 
@@ -105,7 +106,7 @@ class Model:
     tokenizer: str
 
     def __post_init__(self) -> None:
-        choice("model.source", self.source, ("embedded", "hub", "local", "tiny", "random"))
+        choice("model.source", self.source, ("embedded", "gemma3-270m", "hub", "local", "tiny", "random"))
         choice("model.shape", self.shape, ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"))
         if not isinstance(self.hub_revision, str) or not re.fullmatch(r"[\w./-]+", self.hub_revision):
             raise ValueError(f"model.hub_revision={self.hub_revision!r} must be a branch, tag or commit of "
@@ -438,6 +439,7 @@ class GptqGguf:
     """GPTQ on a llama.cpp block grid, packed into a llama.cpp file."""
 
     enabled: bool
+    method: str
     type: str
     embedding_type: str
     embedding_gptq: bool
@@ -449,9 +451,11 @@ class GptqGguf:
 
     def __post_init__(self) -> None:
         flag("gptq_gguf.enabled", self.enabled)
+        choice("gptq_gguf.method", self.method, GPTQ_GGUF_METHODS)
         choice("gptq_gguf.type", self.type, GPTQ_GGUF_TYPES)
         embedding_type("gptq_gguf.embedding_type", self.embedding_type)
-        flag("gptq_gguf.embedding_gptq", self.embedding_gptq)
+        if flag("gptq_gguf.embedding_gptq", self.embedding_gptq) and self.method != "gptq":
+            raise ValueError("gptq_gguf.embedding_gptq=true needs gptq_gguf.method=gptq")
         if self.budget is not None:
             in_range("gptq_gguf.budget", self.budget, 0, 1, low_open=True)
             choice("gptq_gguf.embedding_type (with a budget, which picks it)", self.embedding_type, ("auto",))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from llmshrink import family
 from llmshrink.models import quantized_modules
 from llmshrink.params import choice
 
@@ -70,7 +71,7 @@ def window_nll(model: torch.nn.Module, chunks: list[torch.Tensor], batch_size: i
     a time, so the [batch, length, vocabulary] logits never exist at once (twice as fast on a CPU, same math);
     the sums come back in one transfer at the end. `also(i, log_probs)`, if given, is called with each window's
     float32 log-probabilities [length - 1, vocabulary] (eager, for another measure from the same pass)."""
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    decoder, head = model.get_decoder(), family.head(model)
     by_length: dict[int, list[int]] = {}
     for i, c in enumerate(chunks):
         by_length.setdefault(len(c), []).append(i)

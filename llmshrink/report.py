@@ -116,13 +116,21 @@ def against_baselines(df: pd.DataFrame, comp: pd.DataFrame, baselines: list[str]
     return lines
 
 
-def markdown(df: pd.DataFrame, comp: pd.DataFrame, metrics: dict[str, Any], baselines: list[str] = ()) -> str:
-    """The summary as Markdown: one row per checkpoint (value [95% interval]), the checkpoints against the
-    baselines, and the paired differences, `n.s.` where the interval contains 0."""
+# model.source -> what the summary must say about the base's weights before any number
+BASE_NOTES = {"gemma3-270m": "Base: Gemma 3 270M dequantized from its Q4_K_M GGUF file (model.source=gemma3-270m): "
+                             "its weights lie on a Q4_K grid, so every 4-bit quantizer here rounds them a second time."}
+
+
+def markdown(df: pd.DataFrame, comp: pd.DataFrame, metrics: dict[str, Any], baselines: list[str] = (),
+             source: str = "embedded") -> str:
+    """The summary as Markdown: the note on the base model's source (`BASE_NOTES`, if any), one row per checkpoint
+    (value [95% interval]), the checkpoints against the baselines, and the paired differences, `n.s.` where the
+    interval contains 0."""
     first = next(iter(metrics.values()))
     keys = list(quality(first))
-    lines = ["| checkpoint | disk MB | disk vs base | " + " | ".join(keys) + " | decode vs base |",
-             "|" + " --- |" * (len(keys) + 4)]
+    lines = [BASE_NOTES[source], ""] if source in BASE_NOTES else []
+    lines += ["| checkpoint | disk MB | disk vs base | " + " | ".join(keys) + " | decode vs base |",
+              "|" + " --- |" * (len(keys) + 4)]
     for _, r in df.iterrows():
         cells = [f"{r[k]:.4g} [{r[f'{k}_lo']:.4g}, {r[f'{k}_hi']:.4g}]" for k in keys]
         decode = f"{r['decode_vs_base']:.2f}" if "decode_vs_base" in r and pd.notna(r["decode_vs_base"]) else "-"

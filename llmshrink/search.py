@@ -37,9 +37,10 @@ from llmshrink.compare import committed, paired, score
 BASELINES = ("kquant_base", "gptq_base")
 
 
-def candidates(p: params.Search) -> list[dict[str, Any]]:
-    """Every (budget, largest format) pair of the search space, named."""
-    return [{"name": f"b{b:g}-{t}", "budget": b, "type": t} for b in p.budgets for t in p.types]
+def candidates(p: params.Search, method: str) -> list[dict[str, Any]]:
+    """Every (budget, largest format) pair of the search space with the `gptq_gguf.method`, named."""
+    return [{"name": f"b{b:g}-{t}-{method}", "budget": b, "type": t, "method": method} for b in p.budgets
+            for t in p.types]
 
 
 @torch.no_grad()
@@ -79,7 +80,7 @@ def screen_all(src: Path, matrix: Path, text: str, p: params.Search, gp: params.
     with tempfile.TemporaryDirectory() as tmp:
         fixed = gguf_gptq.fixed_bytes(src, matrix, weights, Path(tmp))
     rows, source_bytes = [], models.dir_bytes(src)
-    for c in tqdm(candidates(p), desc="screen"):
+    for c in tqdm(candidates(p, gp.method), desc="screen"):
         formats = gguf_gptq.formats_up_to(c["type"])
         try:
             chosen, info = allocate.plan(weights, {t: {f: d[f] for f in formats} for t, d in damage.items()},
@@ -118,8 +119,8 @@ def evaluate(c: dict[str, Any], root: Path, text: str, gp: params.GptqGguf, ep: 
 
 def profile(c: dict[str, Any]) -> str:
     """The candidate as `section.key=value` lines for `dvc exp run -S`."""
-    return f"gptq_gguf.enabled=true\ngptq_gguf.budget={c['budget']:g}\ngptq_gguf.type={c['type']}\n" \
-           "gptq_gguf.embedding_type=auto\n"
+    return f"gptq_gguf.enabled=true\ngptq_gguf.method={c['method']}\ngptq_gguf.budget={c['budget']:g}\n" \
+           f"gptq_gguf.type={c['type']}\ngptq_gguf.embedding_type=auto\n"
 
 
 def run(root: Path, out: Path, profiles: Path) -> dict[str, Any]:

@@ -22,14 +22,20 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from llmshrink.models import decoder_layers
+from llmshrink import family
+from llmshrink.family import head_dim, layers as decoder_layers
 from llmshrink.params import Structured
 
-NORMED = {"mlp.gate_proj": "x", "mlp.down_proj": "z", "self_attn.q_proj": "xa", "self_attn.o_proj": "y"}
+NORMED = {"x": "gate_proj", "z": "down_proj", "xa": "q_proj", "y": "o_proj"}  # activation -> projection it enters
+STAGE = "width_prune (structured)"
 
 
-def head_dim(config: Any) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+def check_family(f: family.Family, s: Structured) -> None:
+    """Refuse head pruning where q/k norms span all heads (OLMo 2): removing heads changes every kept head."""
+    if f.qk_norm == "full" and (s.kv_groups or s.query_heads):
+        raise family.Unsupported(f.model_type, STAGE, "its q_norm/k_norm normalise over all heads together, so "
+                                 "removing heads changes the kept ones; set structured.kv_groups and "
+                                 "structured.query_heads to 0 (MLP channels only)")
 
 
 def shape(config: Any) -> dict[str, int]:
@@ -63,6 +69,7 @@ def counts(config: Any, s: Structured) -> dict[str, int]:
 @torch.no_grad()
 def activation_norms(model: PreTrainedModel, calib: torch.Tensor, batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
     """Per decoder layer, ‖·‖₂ over all calibration tokens of each feature of X, Z, X_a and Y (float64, CPU)."""
+    f = family.of(model)
     squares: list[dict[str, torch.Tensor]] = [{} for _ in decoder_layers(model)]
 
     def hook(i: int, key: str):
@@ -71,8 +78,8 @@ def activation_norms(model: PreTrainedModel, calib: torch.Tensor, batch_size: in
             squares[i][key] = squares[i].get(key, 0) + x
         return add
 
-    handles = [layer.get_submodule(sub).register_forward_pre_hook(hook(i, key))
-               for i, layer in enumerate(decoder_layers(model)) for sub, key in NORMED.items()]
+    handles = [layer.get_submodule(f.module(projection)).register_forward_pre_hook(hook(i, key))
+               for i, layer in enumerate(decoder_layers(model)) for key, projection in NORMED.items()]
     try:
         for ids in tqdm(calib.split(batch_size), desc="structured importance", leave=False):
             model(ids.to(model.device), use_cache=False)
@@ -82,12 +89,19 @@ def activation_norms(model: PreTrainedModel, calib: torch.Tensor, batch_size: in
     return [{k: v.sqrt() for k, v in layer.items()} for layer in squares]
 
 
-def scores(layer: nn.Module, norms: dict[str, torch.Tensor], config: Any, importance: str) -> dict[str, torch.Tensor]:
-    """Importance of each MLP channel [intermediate], query head [heads] and KV group [kv_heads] of one layer."""
-    mlp, attn, d = layer.mlp, layer.self_attn, head_dim(config)
-    w = {name: m.weight.detach().double().abs().cpu() for name, m in
-         (("gate", mlp.gate_proj), ("up", mlp.up_proj), ("down", mlp.down_proj), ("q", attn.q_proj),
-          ("k", attn.k_proj), ("v", attn.v_proj), ("o", attn.o_proj))}
+def weights(layer: nn.Module, rows: dict[str, tuple[str, int, int]]) -> dict[str, torch.Tensor]:
+    """|W| of each projection of one layer (its rows of a fused linear layer), float64 on the CPU, by short name
+    ("q" for q_proj)."""
+    return {p.removesuffix("_proj"): layer.get_submodule(path).weight.detach()[start:start + n].double().abs().cpu()
+            for p, (path, start, n) in rows.items()}
+
+
+def scores(layer: nn.Module, norms: dict[str, torch.Tensor], config: Any, importance: str,
+           rows: dict[str, tuple[str, int, int]]) -> dict[str, torch.Tensor]:
+    """Importance of each MLP channel [intermediate], query head [heads] and KV group [kv_heads] of one layer;
+    `rows` locates each projection (`Family.rows`)."""
+    d = head_dim(config)
+    w = weights(layer, rows)
     if importance == "activation":
         channel = norms["z"]
         query = norms["y"].view(-1, d).pow(2).sum(1).sqrt()
@@ -118,29 +132,40 @@ def rows(units: torch.Tensor, width: int) -> torch.Tensor:
     return (units[:, None] * width + torch.arange(width)).flatten()
 
 
-def slice_layer(state: dict[str, torch.Tensor], prefix: str, kept: dict[str, torch.Tensor], d: int) -> None:
-    """Cut one layer's tensors in `state` (in place) down to the kept channels and heads."""
-    rows_of = {"mlp.gate_proj": kept["mlp"], "mlp.up_proj": kept["mlp"], "self_attn.q_proj": rows(kept["heads"], d),
-               "self_attn.k_proj": rows(kept["groups"], d), "self_attn.v_proj": rows(kept["groups"], d)}
-    for sub, idx in rows_of.items():
+def slice_layer(state: dict[str, torch.Tensor], prefix: str, kept: dict[str, torch.Tensor], d: int,
+                rows_of: dict[str, tuple[str, int, int]]) -> None:
+    """Cut one layer's tensors in `state` (in place) down to the kept channels and heads: the output rows (and
+    bias) of the projections that produce them, fused ones part by part (`rows_of`, `Family.rows`), and the
+    input columns of down_proj and o_proj."""
+    units = {"gate_proj": kept["mlp"], "up_proj": kept["mlp"], "q_proj": rows(kept["heads"], d),
+             "k_proj": rows(kept["groups"], d), "v_proj": rows(kept["groups"], d)}
+    by_module: dict[str, list[torch.Tensor]] = {}
+    for projection, idx in units.items():
+        path, start, _ = rows_of[projection]
+        by_module.setdefault(path, []).append(start + idx)
+    for path, parts in by_module.items():
+        idx = torch.cat(parts)
         for kind in ("weight", "bias"):
-            if f"{prefix}{sub}.{kind}" in state:
-                state[f"{prefix}{sub}.{kind}"] = state[f"{prefix}{sub}.{kind}"][idx]
-    for sub, idx in (("mlp.down_proj", kept["mlp"]), ("self_attn.o_proj", rows(kept["heads"], d))):
-        state[f"{prefix}{sub}.weight"] = state[f"{prefix}{sub}.weight"][:, idx]
+            if f"{prefix}{path}.{kind}" in state:
+                state[f"{prefix}{path}.{kind}"] = state[f"{prefix}{path}.{kind}"][idx]
+    for projection, idx in (("down_proj", kept["mlp"]), ("o_proj", rows(kept["heads"], d))):
+        path = rows_of[projection][0]
+        state[f"{prefix}{path}.weight"] = state[f"{prefix}{path}.weight"][:, idx]
 
 
 @torch.no_grad()
 def prune(model: PreTrainedModel, calib: torch.Tensor, s: Structured) -> tuple[PreTrainedModel, dict[str, Any]]:
     """A new model of the same class without the lowest-scoring units of every layer, and the report: units
     removed, the shapes before and after, parameter counts."""
-    config, removed = model.config, counts(model.config, s)
-    per_group, d = config.num_attention_heads // config.num_key_value_heads, head_dim(config)
+    config, removed, f = model.config, counts(model.config, s), family.of(model)
+    check_family(f, s)
+    per_group, d, rows_of = config.num_attention_heads // config.num_key_value_heads, head_dim(config), f.rows(config)
     norms = activation_norms(model, calib)
     state = dict(model.state_dict())
+    names = {id(layer): name for name, layer in model.named_modules()}
     for i, layer in enumerate(decoder_layers(model)):
-        kept = kept_units(scores(layer, norms[i], config, s.importance), removed, per_group)
-        slice_layer(state, f"model.layers.{i}.", kept, d)
+        kept = kept_units(scores(layer, norms[i], config, s.importance, rows_of), removed, per_group)
+        slice_layer(state, names[id(layer)] + ".", kept, d, rows_of)
     new_config = copy.deepcopy(config)
     new_config.intermediate_size = config.intermediate_size - removed["mlp_channels"]
     new_config.num_key_value_heads = config.num_key_value_heads - removed["kv_groups"]

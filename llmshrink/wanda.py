@@ -14,15 +14,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from llmshrink.models import decoder_layers
+from llmshrink import family
+from llmshrink.family import layers as decoder_layers
 from llmshrink.params import Wanda, choice
 
 LayerInput = tuple[torch.Tensor, dict[str, Any]]  # hidden states entering a decoder layer, its keyword arguments
 
 
 def targets(model: nn.Module, s: Wanda) -> dict[str, nn.Linear]:
-    """The linear modules to prune by name ("layers.3.mlp.down_proj"), after checking them against the model."""
+    """The linear modules to prune by name ("layers.3.mlp.down_proj"), after checking them against the model: the
+    layers holding the projections `wanda.modules` (a fused one, e.g. Phi-3's qkv_proj, when all its projections
+    are named; every row of it scores against the same inputs, so pruning it whole equals pruning its parts)."""
     layers = decoder_layers(model)
+    modules = family.of(model).resolve("width_prune (wanda.modules)", s.modules)
     if s.seq_len > model.config.max_position_embeddings:
         raise ValueError(f"wanda.seq_len={s.seq_len} exceeds the model's {model.config.max_position_embeddings} positions")
     for i in s.dense_layers:
@@ -30,7 +34,7 @@ def targets(model: nn.Module, s: Wanda) -> dict[str, nn.Linear]:
     out = {}
     for i, layer in enumerate(layers):
         for sub, module in layer.named_modules():
-            if i in s.dense_layers or sub.rsplit(".", 1)[-1] not in s.modules:
+            if i in s.dense_layers or sub.rsplit(".", 1)[-1] not in modules:
                 continue
             if s.m and module.in_features % s.m:
                 raise ValueError(f"wanda.pattern={s.name!r}: M={s.m} does not divide the row length "

@@ -1,7 +1,7 @@
 """Stage prepare_model: the base checkpoint from `model.source`, saved in `model.dtype`."""
 import argparse
 
-from llmshrink import models, params, timing
+from llmshrink import family, models, params, timing
 from llmshrink.atomic import atomic_dir
 
 
@@ -12,6 +12,8 @@ def main(argv: list[str] | None = None) -> None:
     p, seed = params.load("model"), params.load("seed")
     if p.source == "embedded":
         model, tokenizer = models.load_embedded()
+    elif p.source == "gemma3-270m":
+        model, tokenizer = models.load_gemma3_270m()
     elif p.source == "hub":
         model, tokenizer = models.load_hub(p.hub_id, p.hub_revision)
     elif p.source == "local":
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_dir(args.out) as tmp:
         models.save(model, tokenizer, tmp, p.dtype)
     print(f"{args.out}: {model.config.model_type}, {model.config.num_hidden_layers} layers, "
-          f"{sum(t.numel() for t in model.parameters()):,} parameters")
+          f"{sum(t.numel() for t in model.parameters()):,} parameters; {family.of(model).describe()}")
 
 
 if __name__ == "__main__":

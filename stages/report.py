@@ -16,14 +16,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint names in pipeline order")
     parser.add_argument("--baselines", nargs="*", default=[], help="which of them are baselines of the untouched base")
     args = parser.parse_args(argv)
-    seed = params.load("seed")
+    seed, source = params.load("seed"), params.load("model").source
     metrics, items = report.read(args.eval_dir, args.items_dir, args.checkpoints)
     if not metrics:
         raise FileNotFoundError(f"no evaluation results in {args.eval_dir}/ with per-item results in {args.items_dir}/")
     speed = json.loads(Path(args.benchmark).read_text(encoding="utf-8"))["checkpoints"]
     df, comp = report.summary(metrics, speed), report.comparisons(items, args.baselines, seed)
     out = Path(args.out_dir)
-    report.write(df, comp, report.markdown(df, comp, metrics, args.baselines), out / "summary.csv", out / "comparisons.csv",
+    report.write(df, comp, report.markdown(df, comp, metrics, args.baselines, source), out / "summary.csv", out / "comparisons.csv",
                  out / "summary.md")
     plots.write(df, metrics, out / "plots" / "report")
     print((out / "summary.md").read_text(encoding="utf-8"))

@@ -58,7 +58,8 @@ def test_gguf_file_holds_the_gptq_weights_and_beats_llama_cpp_on_held_out_text(
     matrix = tmp_path / "imatrix.gguf"
     imatrix.write_imatrix(matrix, imatrix.imatrix(models.load(tiny_dir), token_windows(tokenizer, prose[:40_000], 8, 64, 0)),
                           "prose", 64)
-    p = GptqGguf(enabled=True, type="q4_0", embedding_type="q8_0", embedding_gptq=head, samples=8, seq_len=64,
+    p = GptqGguf(enabled=True, method="gptq", type="q4_0", embedding_type="q8_0", embedding_gptq=head, samples=8,
+                 seq_len=64,
                  damp_percent=0.01, budget=None, fisher_samples=8)
     metrics = make(tiny_dir, tmp_path / "gptq", matrix, p, prose[:40_000], seed=0)
     assert set(metrics["tensor_types"]) == {"F32", "Q4_0", "Q8_0"} and metrics["tensor_types"]["Q8_0"] == 1
@@ -82,7 +83,8 @@ def test_budget_mixes_formats_and_the_file_has_the_predicted_bytes(tiny_dir: Pat
     ends = [export.to_gguf(tiny_dir, tmp_path / f, f, matrix, {"token_embd": f}, pure=True)["bytes"]
             for f in ("q4_0", "q8_0")]
     budget = sum(ends) / 2 / models.dir_bytes(tiny_dir)
-    p = GptqGguf(enabled=True, type="q8_0", embedding_type="auto", embedding_gptq=False, samples=8, seq_len=64,
+    p = GptqGguf(enabled=True, method="gptq", type="q8_0", embedding_type="auto", embedding_gptq=False, samples=8,
+                 seq_len=64,
                  damp_percent=0.01, budget=budget, fisher_samples=4)
     metrics = make(tiny_dir, tmp_path / "gptq", matrix, p, prose[:40_000], seed=0)
     assert metrics["bytes"] == metrics["predicted_bytes"] <= metrics["budget_bytes"] < ends[1]

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from llmshrink import report
+from llmshrink.params import read
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["base", "depth", "width", "lora", "gptq", "eora"]  # the checkpoint list of dvc.yaml's vars
@@ -81,9 +82,12 @@ def test_paired_differences_and_significance(metrics_dir: Path) -> None:
     assert set(comp.index.get_level_values("against")) == {"base", "width"}  # base, and the previous checkpoint
 
 
-def test_report_stage_writes_tables_and_plots(metrics_dir: Path) -> None:
+@pytest.mark.parametrize("source", ["embedded", "gemma3-270m"])
+def test_report_stage_writes_tables_and_plots(metrics_dir: Path, source: str) -> None:
+    """The tables and plots; for Gemma 3 270M the summary first says that its weights lie on a Q4_K grid."""
     cwd = metrics_dir.parent
-    (cwd / "params.yaml").write_text("seed: 0\n")
+    model = {**read(ROOT / "params.yaml")["model"], "source": source}
+    (cwd / "params.yaml").write_text(json.dumps({"seed": 0, "model": model}))
     subprocess.run([sys.executable, str(ROOT / "stages" / "report.py"), "metrics/eval", "metrics/items",
                     "metrics/benchmark.json", "metrics", "--checkpoints", *ORDER], cwd=cwd, check=True)
     df = pd.read_csv(metrics_dir / "summary.csv")
@@ -92,6 +96,7 @@ def test_report_stage_writes_tables_and_plots(metrics_dir: Path) -> None:
     assert {"checkpoint", "against", "metric", "diff", "lo", "hi", "significant"} <= set(comp.columns)
     md = (metrics_dir / "summary.md").read_text()
     assert "| gptq |" in md and "n.s." in md and "news (out-domain" in md
+    assert ("Q4_K grid" in md) == (source == "gemma3-270m") and md.startswith("Base: " if "Q4_K" in md else "|")
     pngs = sorted(p.name for p in (metrics_dir / "plots" / "report").glob("*.png"))
     assert pngs == ["size_vs_arc_acc.png", "size_vs_arc_acc_norm.png", "size_vs_ppl_news.png",
                     "size_vs_qa_exact_match.png", "size_vs_qa_match.png"]

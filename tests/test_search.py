@@ -12,11 +12,11 @@ QUANTIZER = llamacpp.tool("llama-quantize").is_file()
 
 
 def test_profile_is_dvc_exp_run_settings_the_schema_accepts() -> None:
-    lines = search.profile({"budget": 0.3, "type": "q5_0"}).split()
-    assert lines == ["gptq_gguf.enabled=true", "gptq_gguf.budget=0.3", "gptq_gguf.type=q5_0",
+    lines = search.profile({"budget": 0.3, "type": "q5_0", "method": "rtn"}).split()
+    assert lines == ["gptq_gguf.enabled=true", "gptq_gguf.method=rtn", "gptq_gguf.budget=0.3", "gptq_gguf.type=q5_0",
                      "gptq_gguf.embedding_type=auto"]
     raw = params.read(Path(__file__).resolve().parents[1] / "params.yaml")["gptq_gguf"]
-    params.GptqGguf(**raw | {"budget": 0.3, "type": "q5_0", "embedding_type": "auto"})
+    params.GptqGguf(**raw | {"method": "rtn", "budget": 0.3, "type": "q5_0", "embedding_type": "auto"})
 
 
 def test_search_params_name_the_bad_value() -> None:
@@ -32,10 +32,11 @@ def test_screen_fits_each_budget_exactly_and_repeats(tiny_dir: Path, prose: str,
     windows = token_windows(models.load_tokenizer(tiny_dir), prose[:20_000], 4, 32, 0)
     imatrix.write_imatrix(matrix, imatrix.imatrix(models.load(tiny_dir), windows), "prose", 32)
     p = params.Search(budgets=[0.05, 0.25, 0.3], types=["q4_1", "q8_0"], screen_windows=2, full=1)
-    gp = params.GptqGguf(enabled=True, type="q8_0", embedding_type="auto", embedding_gptq=False, samples=4,
+    gp = params.GptqGguf(enabled=True, method="rtn", type="q8_0", embedding_type="auto", embedding_gptq=False,
+                         samples=4,
                          seq_len=32, damp_percent=0.01, budget=0.3, fisher_samples=2)
     rows = search.screen_all(tiny_dir, matrix, prose[:20_000], p, gp, seed=0)
-    assert [r["name"] for r in rows] == [c["name"] for c in search.candidates(p)]
+    assert [r["name"] for r in rows] == [c["name"] for c in search.candidates(p, "rtn")]
     assert all(not r["fits"] and "at least" in r["why"] for r in rows if r["budget"] == 0.05)
     fitting = [r for r in rows if r["fits"]]
     assert len(fitting) == 4 and all(r["vs_base"] <= r["budget"] for r in fitting)
