@@ -21,7 +21,7 @@ import ctypes.util
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import psutil
@@ -55,6 +55,11 @@ class CacheConfig:
     residual: int = 128
     sinks: int = 0
     window: int | None = None
+
+    def spec(self) -> dict[str, Any]:
+        """The keys that apply to this dtype (and eviction), as in params."""
+        keys = QUANTIZED_KEYS if self.bits else EVICTION_KEYS if self.window is not None else ()
+        return {"dtype": self.dtype, **{k: getattr(self, k) for k in keys}}
 
     @property
     def bits(self) -> int | None:
@@ -197,7 +202,7 @@ class CompressedLayer(DynamicLayer):
             part = quantize(getattr(self, which)[:, :, :tokens], c.bits, c.group, getattr(c, which))
             old = self.quantized.get(which)
             self.quantized[which] = list(part) if old is None else [torch.cat([o, n], dim=2) for o, n in zip(old, part)]
-            setattr(self, which, getattr(self, which)[:, :, tokens:])
+            setattr(self, which, getattr(self, which)[:, :, tokens:].clone())  # a view would hold them all
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,13 +405,13 @@ def summarize(raw: dict[str, dict[str, Any]], configs: dict[str, CacheConfig], b
             per_context[str(context)] = {
                 "ppl": stats.ppl(m["nll"], m["tokens"]), "ci95": stats.ppl_ci(m["nll"], m["tokens"], seed=seed),
                 "tokens": sum(m["tokens"]), "items": len(m["tokens"]),
-                "delta_ppl": diff, "delta_ci95": diff_ci, "worse": diff_ci[0] > 0,
+                "delta_ppl": diff, "delta_ci95": diff_ci, "significantly_worse": diff_ci[0] > 0,
                 "cache_bytes": m["cache_bytes"], "cache_bytes_formula": cache_bytes(configs[name], context, model_config),
                 "cache_vs_baseline": m["cache_bytes"] / b["cache_bytes"],
                 "peak_bytes": m["peak_bytes"], "decode_tok_s": m["decode_tok_s"],
                 "decode_vs_baseline": m["decode_tok_s"] / b["decode_tok_s"]}
         longest = per_context[str(max(r["contexts"]))]
-        out[name] = {"config": asdict(configs[name]), "ppl": longest["ppl"], "ci95": longest["ci95"],
+        out[name] = {"config": configs[name].spec(), "ppl": longest["ppl"], "ci95": longest["ci95"],
                      "cache_bytes": longest["cache_bytes"],
                      "deploy_cache_bytes": cache_bytes(configs[name], deploy_context, model_config),
                      "short_decode_tok_s": r["short_decode_tok_s"],
@@ -424,7 +429,7 @@ def markdown(summary: dict[str, Any], baseline: str) -> str:
         for context, m in s["contexts"].items():
             delta = "—" if name == baseline else \
                 f"{m['delta_ppl']:+.3f} [{m['delta_ci95'][0]:+.3f}, {m['delta_ci95'][1]:+.3f}]"
-            verdict = "—" if name == baseline else "no" if m["worse"] else "yes"
+            verdict = "—" if name == baseline else "no" if m["significantly_worse"] else "yes"
             lines.append(f"| {name} | {context} | {m['ppl']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] | {delta} | "
                          f"{m['cache_bytes'] / 1e6:.2f} | {m['peak_bytes'] / 1e6:.0f} | "
                          f"{m['decode_vs_baseline']:.2f} / {s['short_decode_vs_baseline']:.2f} | {verdict} |")

@@ -149,9 +149,10 @@ def test_measure_and_summarize_on_the_tiny_model(llama) -> None:
     raw = {n: kv_cache.measure(llama, c, texts, 16, 2) for n, c in configs.items()}
     summary = kv_cache.summarize(raw, configs, "bf16", llama.config.to_dict(), 2048, seed=0)
     base, int4 = summary["bf16"], summary["int4"]
+    assert base["config"] == {"dtype": "bf16"} and set(int4["config"]) == {"dtype", "keys", "values", "group", "residual"}
     assert base["contexts"]["32"]["items"] == 2 and base["contexts"]["64"]["items"] == 3  # every chunk but the first
     assert base["ppl"] == base["contexts"]["64"]["ppl"] and base["ci95"][0] <= base["ppl"] <= base["ci95"][1]
-    assert base["contexts"]["64"]["delta_ppl"] == 0 and not base["contexts"]["64"]["worse"]
+    assert base["contexts"]["64"]["delta_ppl"] == 0 and not base["contexts"]["64"]["significantly_worse"]
     assert int4["cache_bytes"] == int4["contexts"]["64"]["cache_bytes_formula"] < base["cache_bytes"]
     assert int4["deploy_cache_bytes"] < base["deploy_cache_bytes"]
     assert int4["contexts"]["64"]["decode_vs_baseline"] > 0 and int4["contexts"]["64"]["peak_bytes"] >= 0
