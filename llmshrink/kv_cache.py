@@ -335,58 +335,65 @@ def chunked_nll(model: PreTrainedModel, ids: torch.Tensor, cache: Cache, chunk: 
 
 
 @torch.no_grad()
-def decode_tok_s(model: PreTrainedModel, cache: Cache, token: int, steps: int) -> float:
-    """Greedy decode tokens/s at batch 1 from a filled cache, starting from `token`."""
+def decode_tok_s(model: PreTrainedModel, filled: dict[str, tuple[Cache, int]], steps: int) -> dict[str, float]:
+    """Greedy decode tokens/s at batch 1 from each filled cache (name -> (cache, next token)), the caches taking
+    turns step by step after one untimed step each, so that a change in the machine's load hits all alike."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    ids = torch.tensor([[token]], device=model.device)
-    _sync(model.device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        hidden = decoder(ids, cache=cache, use_cache=True).last_hidden_state
-        ids = head(hidden[:, -1:]).argmax(-1)
-    _sync(model.device)
-    return steps / (time.perf_counter() - start)
+    ids = {name: torch.tensor([[token]], device=model.device) for name, (_, token) in filled.items()}
+    seconds = dict.fromkeys(filled, 0.0)
+    for step in range(steps + 1):
+        for name, (cache, _) in filled.items():
+            _sync(model.device)
+            start = time.perf_counter()
+            ids[name] = head(decoder(ids[name], cache=cache, use_cache=True).last_hidden_state).argmax(-1)
+            _sync(model.device)
+            seconds[name] += (time.perf_counter() - start) if step else 0.0
+    return {name: steps / s for name, s in seconds.items()}
 
 
-def measure(model: PreTrainedModel, config: CacheConfig, texts: dict[int, list[torch.Tensor]], chunk: int,
-            decode_tokens: int) -> dict[str, Any]:
-    """One configuration: per context length, the per-chunk NLL over its windows, the cache bytes and the peak
-    memory of the first window (prefill, scoring and decoding) and decode tokens/s after it; and decode tokens/s
-    at short context (after one chunk)."""
+def measure(model: PreTrainedModel, config: CacheConfig, windows: list[torch.Tensor],
+            chunk: int) -> tuple[dict[str, Any], tuple[Cache, int]]:
+    """One configuration at one context length: the per-chunk NLL over the windows, the cache bytes after the
+    first and the peak memory of its prefill and scoring; and that filled cache with its next greedy token."""
     layers = model.config.get_text_config(decoder=True).num_hidden_layers
-    out: dict[str, Any] = {"contexts": {}}
-    for context, windows in texts.items():
-        items = []
-        for i, window in enumerate(windows):
-            with peak_memory(model.device) as peak:
-                cache = build(config, layers)
-                nll, token = chunked_nll(model, window, cache, chunk)
-                if i == 0:
-                    held = stored_bytes(cache)
-                    speed = decode_tok_s(model, cache, token, decode_tokens)
-                del cache
-            items += nll
-            if i == 0:
-                peak_bytes = peak["bytes"]
-        out["contexts"][context] = {"nll": [n for n, _ in items], "tokens": [t for _, t in items],
-                                    "cache_bytes": held, "peak_bytes": peak_bytes, "decode_tok_s": speed}
-    cache = build(config, layers)
-    first = next(iter(texts.values()))[0][:chunk]
-    _, token = chunked_nll(model, first, cache, chunk)
-    out["short_decode_tok_s"] = decode_tok_s(model, cache, token, decode_tokens)
-    return out
+    items: list[tuple[float, int]] = []
+    for i, window in enumerate(windows):
+        with peak_memory(model.device) as peak:
+            cache = build(config, layers)
+            nll, token = chunked_nll(model, window, cache, chunk)
+        items += nll
+        if i == 0:
+            record = {"cache_bytes": stored_bytes(cache), "peak_bytes": peak["bytes"]}
+            first = cache, token
+        del cache
+    return {"nll": [n for n, _ in items], "tokens": [t for _, t in items], **record}, first
 
 
 def study(model: PreTrainedModel, configs: dict[str, CacheConfig], texts: dict[int, list[torch.Tensor]], chunk: int,
           decode_tokens: int) -> dict[str, dict[str, Any]]:
-    """`measure` of every configuration, in order, after an uncounted warm-up (one chunk and two decode steps with
-    the first: kernels, thread pool and allocator, which would otherwise inflate the first one's peak and time)."""
+    """Every configuration at every context length (`measure`), then decode tokens/s from their first windows'
+    caches side by side (`decode_tok_s`), and at short context after one chunk of the first window; after an
+    uncounted warm-up (kernels, thread pool and allocator would inflate the first configuration's peak and time)."""
+    layers = model.config.get_text_config(decoder=True).num_hidden_layers
     first = next(iter(texts.values()))[0][:chunk]
-    cache = build(next(iter(configs.values())), model.config.get_text_config(decoder=True).num_hidden_layers)
-    _, token = chunked_nll(model, first, cache, chunk)
-    decode_tok_s(model, cache, token, 2)
-    del cache
-    return {name: measure(model, c, texts, chunk, decode_tokens) for name, c in tqdm(configs.items(), desc="kv configs")}
+
+    def one_chunk(config: CacheConfig) -> tuple[Cache, int]:
+        cache = build(config, layers)
+        return cache, chunked_nll(model, first, cache, chunk)[1]
+
+    decode_tok_s(model, {"warm-up": one_chunk(next(iter(configs.values())))}, 2)
+    raw: dict[str, dict[str, Any]] = {name: {"contexts": {}} for name in configs}
+    for context, windows in texts.items():
+        filled = {}
+        for name, config in tqdm(configs.items(), desc=f"kv configs at {context} tokens"):
+            raw[name]["contexts"][context], filled[name] = measure(model, config, windows, chunk)
+        for name, speed in decode_tok_s(model, filled, decode_tokens).items():
+            raw[name]["contexts"][context]["decode_tok_s"] = speed
+        del filled
+    short = decode_tok_s(model, {name: one_chunk(config) for name, config in configs.items()}, decode_tokens)
+    for name, speed in short.items():
+        raw[name]["short_decode_tok_s"] = speed
+    return raw
 
 
 def summarize(raw: dict[str, dict[str, Any]], configs: dict[str, CacheConfig], baseline: str,

@@ -143,10 +143,10 @@ def test_bad_configurations_are_refused_with_the_parameter_named() -> None:
     assert kv_cache.configs(KV, config) == {"bf16": CacheConfig()}
 
 
-def test_measure_and_summarize_on_the_tiny_model(llama) -> None:
+def test_study_and_summarize_on_the_tiny_model(llama) -> None:
     configs = {"bf16": CacheConfig(), "int4": CacheConfig("int4", group=8, residual=16)}
     texts = {32: [ids(32), ids(64)[32:]], 64: [ids(64)]}
-    raw = {n: kv_cache.measure(llama, c, texts, 16, 2) for n, c in configs.items()}
+    raw = kv_cache.study(llama, configs, texts, 16, 2)
     summary = kv_cache.summarize(raw, configs, "bf16", llama.config.to_dict(), 2048, seed=0)
     base, int4 = summary["bf16"], summary["int4"]
     assert base["config"] == {"dtype": "bf16"} and set(int4["config"]) == {"dtype", "keys", "values", "group", "residual"}
