@@ -393,6 +393,34 @@ class Explore:
             raise ValueError(f"explore.configs={self.configs!r} must be a non-empty mapping of named configurations")
 
 
+@dataclass(frozen=True)
+class Kv:
+    """Run-time KV-cache compression on the final dense checkpoint; `configs` are checked by llmshrink.kv_cache,
+    against the model too, before any work."""
+
+    contexts: tuple[int, ...]
+    windows: int
+    chunk: int
+    decode_tokens: int
+    context: int | None
+    baseline: str
+    deploy: str
+    configs: dict
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.contexts, (list, tuple)) or not self.contexts:
+            raise ValueError(f"kv.contexts={self.contexts!r} must be a non-empty list of context lengths (tokens)")
+        object.__setattr__(self, "contexts", tuple(sorted({integer("kv.contexts", c, 2) for c in self.contexts})))
+        integer("kv.windows", self.windows, 1)
+        integer("kv.chunk", self.chunk, 1)
+        integer("kv.decode_tokens", self.decode_tokens, 1)
+        cap("kv.context", self.context)
+        if not isinstance(self.configs, dict) or not self.configs:
+            raise ValueError(f"kv.configs={self.configs!r} must be a non-empty mapping of named cache configurations")
+        choice("kv.baseline", self.baseline, list(self.configs))
+        choice("kv.deploy", self.deploy, list(self.configs))
+
+
 def embedding_type(name: str, value: Any) -> str:
     """A tensor type for the token embedding / output matrix of a GGUF file, or `auto` (llama-quantize's pick)."""
     return choice(name, value, ("auto", "f16", *BLOCK_TYPES))
@@ -489,7 +517,7 @@ class Search:
 SECTIONS = {"model": Model, "data": Data, "prune": Prune, "wanda": Wanda, "structured": Structured, "lora": Lora,
             "gptq": Gptq, "eora": Eora, "eval": Eval, "benchmark": Benchmark, "explore": Explore,
             "export": Export, "imatrix": Imatrix, "kquant_base": KquantBase, "gptq_gguf": GptqGguf,
-            "search": Search}
+            "search": Search, "kv": Kv}
 
 
 def load(section: str, path: str | Path = "params.yaml") -> Any:

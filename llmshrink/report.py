@@ -34,12 +34,15 @@ def quality(metrics: dict[str, Any]) -> dict[str, tuple[float, list[float]]]:
     return out
 
 
-def summary(metrics: dict[str, Any], speed: dict[str, Any]) -> pd.DataFrame:
+def summary(metrics: dict[str, Any], speed: dict[str, Any], cache_bytes: dict[str, int] | None = None) -> pd.DataFrame:
     """One row per checkpoint: size, every quality metric with `_lo` / `_hi` bounds and `_vs_base` ratio, and
-    tokens/s from the side-by-side benchmark with ratios to base."""
+    tokens/s from the side-by-side benchmark with ratios to base; with `cache_bytes` (checkpoint -> bytes of its
+    KV cache at the deployment context) also `kv_cache_mb` and `deploy_mb`, the weights on disk plus that cache."""
     rows = []
     for name, m in metrics.items():
         row: dict[str, Any] = {"checkpoint": name, **m["size"], "disk_mb": m["size"]["disk_bytes"] / 1e6}
+        if cache_bytes and name in cache_bytes:
+            row |= {"kv_cache_mb": cache_bytes[name] / 1e6, "deploy_mb": (m["size"]["disk_bytes"] + cache_bytes[name]) / 1e6}
         for key, (value, (lo, hi)) in quality(m).items():
             row |= {key: value, f"{key}_lo": lo, f"{key}_hi": hi}
         s = speed.get(name, {})
@@ -122,20 +125,25 @@ BASE_NOTES = {"gemma3-270m": "Base: Gemma 3 270M dequantized from its Q4_K_M GGU
 
 
 def markdown(df: pd.DataFrame, comp: pd.DataFrame, metrics: dict[str, Any], baselines: list[str] = (),
-             source: str = "embedded") -> str:
+             source: str = "embedded", deployment: str = "") -> str:
     """The summary as Markdown: the note on the base model's source (`BASE_NOTES`, if any), one row per checkpoint
     (value [95% interval]), the checkpoints against the baselines, and the paired differences, `n.s.` where the
-    interval contains 0."""
+    interval contains 0; with a `deploy_mb` column, its meaning (`deployment`, e.g. the cache and context) below
+    the table."""
     first = next(iter(metrics.values()))
     keys = list(quality(first))
+    deploy = "deploy_mb" in df
     lines = [BASE_NOTES[source], ""] if source in BASE_NOTES else []
-    lines += ["| checkpoint | disk MB | disk vs base | " + " | ".join(keys) + " | decode vs base |",
-              "|" + " --- |" * (len(keys) + 4)]
+    lines += ["| checkpoint | disk MB | disk vs base | " + ("deploy MB | " if deploy else "") + " | ".join(keys)
+              + " | decode vs base |", "|" + " --- |" * (len(keys) + 4 + deploy)]
     for _, r in df.iterrows():
         cells = [f"{r[k]:.4g} [{r[f'{k}_lo']:.4g}, {r[f'{k}_hi']:.4g}]" for k in keys]
         decode = f"{r['decode_vs_base']:.2f}" if "decode_vs_base" in r and pd.notna(r["decode_vs_base"]) else "-"
-        lines.append(f"| {r['checkpoint']} | {r['disk_mb']:.1f} | {r['disk_bytes_vs_base']:.3f} | "
+        memory = (f"{r['deploy_mb']:.1f} | " if pd.notna(r["deploy_mb"]) else "- | ") if deploy else ""
+        lines.append(f"| {r['checkpoint']} | {r['disk_mb']:.1f} | {r['disk_bytes_vs_base']:.3f} | {memory}"
                      + " | ".join(cells) + f" | {decode} |")
+    if deploy:
+        lines += ["", f"deploy MB: the weights on disk plus the KV cache at batch 1 ({deployment})."]
     texts = "; ".join(f"`ppl_{n}`: {m['dataset']} ({m['domain']}-domain, {m['tokens']:,} tokens, {m['protocol']})"
                       for n, m in first["perplexity"].items())
     headline = [f"kl_{n}" for n in first.get("kl", {})] + \

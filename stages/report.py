@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from llmshrink import params, plots, report, timing
+from llmshrink import kv_cache, models, params, plots, report, timing
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("eval_dir", help="folder of <checkpoint>.json metrics, e.g. metrics/eval")
     parser.add_argument("items_dir", help="folder of <checkpoint>.json per-item results, e.g. results/items")
     parser.add_argument("benchmark", help="side-by-side speed of the benchmark stage, e.g. metrics/benchmark.json")
+    parser.add_argument("models", help="folder of the checkpoints (their configs size the KV cache), e.g. models")
     parser.add_argument("out_dir", help="folder for summary.csv, summary.md, comparisons.csv and plots/report/, e.g. metrics")
     parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint names in pipeline order")
     parser.add_argument("--baselines", nargs="*", default=[], help="which of them are baselines of the untouched base")
@@ -21,10 +22,12 @@ def main(argv: list[str] | None = None) -> None:
     if not metrics:
         raise FileNotFoundError(f"no evaluation results in {args.eval_dir}/ with per-item results in {args.items_dir}/")
     speed = json.loads(Path(args.benchmark).read_text(encoding="utf-8"))["checkpoints"]
-    df, comp = report.summary(metrics, speed), report.comparisons(items, args.baselines, seed)
+    configs = {name: models.read_config(Path(args.models) / name) for name in metrics}
+    cache_bytes, deployment = kv_cache.deployment(params.load("kv"), configs)
+    df, comp = report.summary(metrics, speed, cache_bytes), report.comparisons(items, args.baselines, seed)
     out = Path(args.out_dir)
-    report.write(df, comp, report.markdown(df, comp, metrics, args.baselines, source), out / "summary.csv", out / "comparisons.csv",
-                 out / "summary.md")
+    report.write(df, comp, report.markdown(df, comp, metrics, args.baselines, source, deployment),
+                 out / "summary.csv", out / "comparisons.csv", out / "summary.md")
     plots.write(df, metrics, out / "plots" / "report")
     print((out / "summary.md").read_text(encoding="utf-8"))
 

@@ -14,7 +14,7 @@ from llmshrink.params import SECTIONS, read
 
 ROOT = Path(__file__).resolve().parents[1]
 # params whose entries are user-chosen names (task names, configuration names), not schema keys
-NAMED = {"data.choice_files", "explore.configs"}
+NAMED = {"data.choice_files", "explore.configs", "kv.configs"}
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md",
          ROOT / "sweeps" / "README.md"]
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_model", "prepare_data", "score_layers", "depth_prune", "width_prune", "lora",
           "quantize", "eora", "imatrix@base", "imatrix@lora", "export", "gptq_base", "kquant_base", "gptq_gguf",
           "reference", "evaluate@base", "evaluate@eora", "evaluate@export", "evaluate@kquant_base",
-          "evaluate@gptq_gguf", "benchmark", "report", "explore_layers"]
+          "evaluate@gptq_gguf", "benchmark", "report", "explore_layers", "kv_cache"]
 QUANTIZER = llamacpp.tool("llama-quantize").is_file()  # built by `make edge`; without it, the converter's types
 TINY_OVERRIDES = {
     "model": {"source": "tiny", "dtype": "float32"},
@@ -38,6 +38,9 @@ TINY_OVERRIDES = {
     "explore": {"max_windows": 2, "limit": 4,
                 # anchors: mid = 4 of the tiny model's 8 layers, so skip [5, 6] and repeat layer 4 twice
                 "configs": {"base": {}, "skip": {"skip": ["mid+1", "last-1"]}, "repeat": {"repeat": {"mid": 2}}}},
+    "kv": {"contexts": [64], "chunk": 16, "decode_tokens": 2,  # the tiny model's heads have 16 channels
+           "configs": {"bf16": {}, "int4": {"dtype": "int4", "group": 8, "residual": 16},
+                       "sink_window": {"sinks": 2, "window": 30}}},
 }
 
 

@@ -87,22 +87,34 @@ def test_report_stage_writes_tables_and_plots(metrics_dir: Path, source: str) ->
     """The tables and plots; for Gemma 3 270M the summary first says that its weights lie on a Q4_K grid."""
     cwd = metrics_dir.parent
     model = {**read(ROOT / "params.yaml")["model"], "source": source}
-    (cwd / "params.yaml").write_text(json.dumps({"seed": 0, "model": model}))
+    kv = {**read(ROOT / "params.yaml")["kv"], "deploy": "int4", "context": 4096}
+    (cwd / "params.yaml").write_text(json.dumps({"seed": 0, "model": model, "kv": kv}))
+    for name, layers in (("base", 30), ("width", 28), ("gptq", 28)):  # SmolLM2's shape, depth-pruned after base
+        (cwd / "models" / name).mkdir(parents=True)
+        (cwd / "models" / name / "config.json").write_text(json.dumps(
+            {"num_hidden_layers": layers, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576,
+             "max_position_embeddings": 8192}))
     subprocess.run([sys.executable, str(ROOT / "stages" / "report.py"), "metrics/eval", "metrics/items",
-                    "metrics/benchmark.json", "metrics", "--checkpoints", *ORDER], cwd=cwd, check=True)
+                    "metrics/benchmark.json", "models", "metrics", "--checkpoints", *ORDER], cwd=cwd, check=True)
     df = pd.read_csv(metrics_dir / "summary.csv")
     assert df["checkpoint"].tolist() == ["base", "width", "gptq"]
+    # deployment: the weights plus the int4 cache (keys per channel, values per token, groups of 32, 128 bf16
+    # tokens) at 4,096 tokens: per layer 2 x 3 heads x 64 channels x (3,968 x (0.5 + 4 / 32) + 128 x 2) bytes
+    cache = [layers * 2 * 3 * 64 * (3968 * 0.625 + 128 * 2) / 1e6 for layers in (30, 28, 28)]
+    assert df["kv_cache_mb"].tolist() == pytest.approx(cache, rel=1e-5)  # the CSV keeps 6 digits
+    assert df["deploy_mb"].tolist() == pytest.approx([d + c for d, c in zip([100.0, 100.0, 25.0], cache)], rel=1e-5)
     comp = pd.read_csv(metrics_dir / "comparisons.csv")
     assert {"checkpoint", "against", "metric", "diff", "lo", "hi", "significant"} <= set(comp.columns)
     md = (metrics_dir / "summary.md").read_text()
     assert "| gptq |" in md and "n.s." in md and "news (out-domain" in md
     assert ("Q4_K grid" in md) == (source == "gemma3-270m") and md.startswith("Base: " if "Q4_K" in md else "|")
+    assert "deploy MB" in md and "kv.deploy=int4 cache at kv.context: 4,096 tokens" in md
     pngs = sorted(p.name for p in (metrics_dir / "plots" / "report").glob("*.png"))
     assert pngs == ["size_vs_arc_acc.png", "size_vs_arc_acc_norm.png", "size_vs_ppl_news.png",
                     "size_vs_qa_exact_match.png", "size_vs_qa_match.png"]
     first = {p: (metrics_dir / "plots" / "report" / p).read_bytes() for p in pngs}
     subprocess.run([sys.executable, str(ROOT / "stages" / "report.py"), "metrics/eval", "metrics/items",
-                    "metrics/benchmark.json", "metrics", "--checkpoints", *ORDER], cwd=cwd, check=True)
+                    "metrics/benchmark.json", "models", "metrics", "--checkpoints", *ORDER], cwd=cwd, check=True)
     assert all((metrics_dir / "plots" / "report" / p).read_bytes() == b for p, b in first.items())  # reproducible
 
 
