@@ -261,7 +261,7 @@ def formats_up_to(top: str) -> list[str]:
     """The 32-block formats no larger than `top`."""
     from llmshrink.allocate import tensor_bytes
 
-    return [f for f in FORMATS if tensor_bytes((1, BLOCK), f) <= tensor_bytes((1, BLOCK), top)]
+    return [f for f in FORMATS if tensor_bytes((1, BLOCK), f, 1) <= tensor_bytes((1, BLOCK), top, 1)]
 
 
 def fixed_bytes(src: str | Path, matrix: Path, weights: dict[str, torch.Tensor], tmp: Path) -> int:
@@ -319,7 +319,7 @@ def make(src: str | Path, out: str | Path, matrix: str | Path, p: GptqGguf, text
             formats, planned = plan_types(model, windows, names, src, Path(matrix), p, tmp)
         quantized = {n: g for n, g in names.items() if p.method == "gptq" and (g != embedding or p.embedding_gptq)}
         with timing.part("gptq_gguf/gptq"):
-            blocks = quantize_layers(model, windows, formats, quantized, p.damp_percent)
+            blocks = quantize_layers(model, windows, formats, quantized, p.damp_percent) if quantized else {}
         file_type = Counter(formats.values()).most_common(1)[0][0]
         types = {} if formats[embedding] == "auto" else {"token_embd": formats[embedding], "output": formats[embedding]}
         types |= {f"^{re.escape(t)}$": f for t, f in formats.items() if t != embedding and f != file_type}

@@ -95,7 +95,7 @@ def screen_all(src: Path, matrix: Path, text: str, p: params.Search, gp: params.
 
 
 def _bits(fmt: str) -> int:
-    return allocate.tensor_bytes((1, gguf_gptq.BLOCK), fmt)
+    return allocate.tensor_bytes((1, gguf_gptq.BLOCK), fmt, 1)
 
 
 def evaluate(c: dict[str, Any], root: Path, text: str, gp: params.GptqGguf, ep: params.Eval, seed: int,

@@ -55,3 +55,11 @@ def test_fisher_is_the_mean_squared_gradient_of_each_window(tiny_dir: Path) -> N
         grads.append(dict(model.named_modules())[name].weight.grad.clone())
     assert torch.allclose(f, torch.stack(grads).square().mean(0), rtol=1e-5, atol=1e-12)
     assert all(p.requires_grad for p in model.parameters())  # left as it was
+
+
+def test_formats_up_to_a_type_are_those_of_no_more_bits() -> None:
+    from llmshrink.gguf_gptq import formats_up_to
+
+    assert formats_up_to("q4_1") == ["q4_0", "q4_1"]
+    assert formats_up_to("q5_0") == ["q4_0", "q4_1", "q5_0"]
+    assert formats_up_to("q8_0") == list(FORMATS)
