@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help=f"folder to write {imatrix.FILE_NAME} into, e.g. results/imatrix/base")
     args = parser.parse_args(argv)
     p, seed = params.load("imatrix"), params.load("seed")
-    model = models.load(args.model, hardware.resolve_dtype("auto"))
+    model = models.load(args.model, hardware.work_dtype())  # float32 on every CPU: the same file on every machine
     text = Path(args.calibration).read_text(encoding="utf-8")
     windows = token_windows(models.load_tokenizer(args.model), text, p.samples, p.seq_len, seed)
     data = imatrix.imatrix(model, windows)
