@@ -233,6 +233,8 @@ def main() -> None:
         run["decode_tok_s_b1"] = bench["base"].get("decode_tok_s_compiled")
         run["decode_tok_s_b1_eager"] = bench["base"]["decode_tok_s"]
         run["decode_tok_s"] = {name: {k: v for k, v in b.items() if k.startswith("decode_tok_s")} for name, b in bench.items()}
+        for name in ("gptq", "eora"):  # batch-1 decode, compiled, against the base's
+            run[f"{name}_decode_vs_base"] = bench.get(name, {}).get("decode_vs_base_compiled")
     if (ws / "metrics" / "eval" / "eora.json").exists():
         run["gptq_kernel"] = json.loads((ws / "metrics" / "eval" / "gptq.json").read_text()).get("gptq_kernel")
         run["eval"] = {name: json.loads((ws / "metrics" / "eval" / f"{name}.json").read_text())["size"]

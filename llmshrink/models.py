@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, LlamaConfig, LlamaForCausalLM,
                           PretrainedConfig, PreTrainedModel)
 
-from llmshrink import family, pypi
+from llmshrink import family, int4, pypi
 from llmshrink.atomic import copy_dir
 from llmshrink.hardware import DTYPES, device, device_map
 from llmshrink.params import InputError
@@ -349,8 +349,10 @@ def load(path: str | Path, dtype: str = "float32", on: torch.device | None = Non
 
 
 def quantized_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """GPTQ linear layers of a loaded model: they keep packed `qweight` buffers instead of a `weight` parameter."""
-    return [m for m in model.modules() if hasattr(m, "qweight") and hasattr(m, "in_features")]
+    """GPTQ linear layers of a loaded model: they keep packed buffers (GPTQModel's `qweight`, or tinygemm's
+    `int4.Int4Linear`) instead of a `weight` parameter."""
+    return [m for m in model.modules()
+            if isinstance(m, int4.Int4Linear) or (hasattr(m, "qweight") and hasattr(m, "in_features"))]
 
 
 def load_tokenizer(path: str | Path) -> Any:
@@ -367,12 +369,15 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 GPU_KERNELS = ("gptq_triton", "gptq_torch")  # work offline; GPTQModel's automatic choice may download CUTLASS
+TINYGEMM = "tinygemm"  # on a GPU, 4-bit checkpoints run on torch's int4 kernel (llmshrink.int4), read via gptq_torch
 
 
 def _load_quantized(path: Path, dtype: str, on: torch.device) -> PreTrainedModel:
-    """A GPTQ checkpoint through GPTQModel; on a GPU the first kernel of `GPU_KERNELS` that loads, recorded as
-    the model's `gptq_kernel` attribute (on a CPU GPTQModel's own choice, in bfloat16 where it has no float32
-    kernel for the checkpoint's bits)."""
+    """A GPTQ checkpoint through GPTQModel, with the EoRA adapter of `path/adapter` where there is one; the kernel
+    is recorded as the model's `gptq_kernel` attribute. On a GPU, 4-bit checkpoints with contiguous groups of a
+    size tinygemm takes move onto tinygemm (`int4.convert`), the kernel that decodes faster than bf16; others
+    load with the first kernel of `GPU_KERNELS` that loads. On a CPU GPTQModel's own choice, in bfloat16 where
+    it has no float32 kernel for the checkpoint's bits."""
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")  # GPTQModel's CPU pool; its default fails on 2 cores
     from gptqmodel import BACKEND, GPTQModel
     from gptqmodel.adapter.adapter import Lora
@@ -383,19 +388,32 @@ def _load_quantized(path: Path, dtype: str, on: torch.device) -> PreTrainedModel
         adapter = Lora(rank=rank, path=str((path / ADAPTER_DIR).resolve()))
     torch_dtype = "auto" if dtype == "auto" else DTYPES[dtype]
     attempts = [(kernel, torch_dtype) for kernel in (GPU_KERNELS if on.type == "cuda" else ("auto",))]
+    if on.type == "cuda" and dtype in ("auto", "bfloat16") and _tinygemm_config(path):
+        attempts.insert(0, (TINYGEMM, torch.bfloat16))
     if on.type != "cuda" and torch_dtype == torch.float32:
         attempts.append(("auto", torch.bfloat16))  # GPTQModel's CPU kernel for 8 bits computes in 16-bit only
     errors = []
     for kernel, torch_dtype in attempts:
         try:
             model = GPTQModel.load(str(path), adapter=adapter, device=on.type, dtype=torch_dtype,
-                                   backend=BACKEND(kernel)).model.eval()
+                                   backend=BACKEND("gptq_torch" if kernel == TINYGEMM else kernel)).model.eval()
+            if kernel == TINYGEMM:
+                int4.convert(model)
+                from accelerate.hooks import remove_hook_from_module
+
+                remove_hook_from_module(model, recurse=True)  # GPTQModel's device hooks: one GPU, and they stop compile
         except Exception as err:  # noqa: BLE001 - a kernel that cannot load here: try the next one
             errors.append(f"{kernel}: {err}")
             continue
         model.gptq_kernel = kernel
         return model
     raise RuntimeError(f"no GPTQ kernel could load {path}: " + "; ".join(errors))
+
+
+def _tinygemm_config(path: Path) -> bool:
+    """Whether a GPTQ checkpoint's quantization config is one tinygemm runs (its shapes are checked on loading)."""
+    q = read_config(path).get("quantization_config", {})
+    return q.get("bits") == int4.BITS and q.get("group_size") in int4.GROUP_SIZES and not q.get("desc_act")
 
 
 def save(model: PreTrainedModel, tokenizer: Any, out_dir: str | Path, dtype: str) -> None:

@@ -126,8 +126,9 @@ def sparsity_kept(quantized: str | Path, source: str | Path, on: torch.device | 
     source_model = models.load(source, models.saved_dtype(source), on)
     dense, rows = dict(source_model.named_modules()), family.of(source_model).rows(source_model.config)
     zeros = kept = weights = 0
+    quantized = {id(m) for m in models.quantized_modules(model)}
     for name, module in model.named_modules():
-        if hasattr(module, "qweight") and hasattr(module, "dequantize_weight"):
+        if id(module) in quantized and hasattr(module, "dequantize_weight"):
             pruned = _source_weight(dense, rows, name) == 0
             zeros, weights = zeros + int(pruned.sum()), weights + pruned.numel()
             kept += int((module.dequantize_weight().T.to(pruned.device)[pruned] == 0).sum())

@@ -228,3 +228,61 @@ def test_8_bit_gptq_on_cpu_loads_even_when_float32_is_asked(work: Path, wanda_di
         quantize.gptq(wanda_dir, four, GPTQ, prose[:CALIB_CHARS], seed=0, on=CPU)
     reference = logits(models.load(wanda_dir), heldout)
     assert relative_error(logits(model, heldout), reference) < relative_error(logits(load(four), heldout), reference)
+
+
+@pytest.fixture(scope="module")
+def gptqmodel_layers(eora_run: tuple[Path, dict]) -> torch.nn.Module:
+    """The EoRA checkpoint on GPTQModel's reference torch kernel, in bfloat16 (what the GPU path converts from)."""
+    from gptqmodel import BACKEND, GPTQModel
+    from gptqmodel.adapter.adapter import Lora
+
+    path = eora_run[0]
+    adapter = Lora(rank=EORA.rank, path=str(path / models.ADAPTER_DIR))
+    return GPTQModel.load(str(path), adapter=adapter, device="cpu", dtype=torch.bfloat16,
+                          backend=BACKEND.TORCH).model.eval()
+
+
+@torch.no_grad()
+def test_tinygemm_layers_compute_what_gptqmodel_computes(gptqmodel_layers: torch.nn.Module, heldout: torch.Tensor) -> None:
+    """The GPTQ grid moved onto tinygemm's layout: same matrix, same outputs (the one-row kernel path and the
+    many-row dequantized path), the EoRA adapter included; then the whole model's logits."""
+    from llmshrink import int4
+
+    torch.manual_seed(0)
+    layers = models.quantized_modules(gptqmodel_layers)
+    for module in layers[:4]:
+        moved = int4.Int4Linear.from_gptq(module)
+        assert moved.lora_A is not None
+        want = module.dequantize_weight(num_itr=1).float()
+        assert torch.allclose(moved.dequantize_weight().float(), want, atol=2e-2 * want.abs().max().item())
+        for rows in (1, int4.DENSE_ROWS + 36):
+            x = torch.randn(rows, module.in_features, dtype=torch.bfloat16)
+            ref, got = module(x).float(), moved(x).float()
+            assert (got - ref).abs().max() <= 0.02 * ref.abs().max(), rows
+    want = logits(gptqmodel_layers, heldout[:1])
+    assert int4.convert(gptqmodel_layers) == len(layers)
+    assert all(isinstance(m, int4.Int4Linear) for m in models.quantized_modules(gptqmodel_layers))
+    assert relative_error(logits(gptqmodel_layers, heldout[:1]), want) < 0.02
+
+
+def test_tinygemm_refuses_layers_it_cannot_run() -> None:
+    from types import SimpleNamespace
+
+    from llmshrink import int4
+
+    layer = dict(bits=4, group_size=32, in_features=64, out_features=32, g_idx=torch.arange(64) // 32)
+    assert int4.why_not(SimpleNamespace(**layer)) is None
+    assert "8 bits" in int4.why_not(SimpleNamespace(**{**layer, "bits": 8}))
+    assert "act-order" in int4.why_not(SimpleNamespace(**{**layer, "g_idx": torch.arange(64).flip(0) // 32}))
+    assert "group size 48" in int4.why_not(SimpleNamespace(**{**layer, "group_size": 48}))
+
+
+def test_tinygemm_round_to_nearest_stays_within_half_a_step() -> None:
+    from llmshrink import int4
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(128, 16)
+    moved = int4.Int4Linear.round_to_nearest(linear, 32)
+    step = moved.scales_and_zeros[..., 0].t().repeat_interleave(32, dim=1).float()
+    error = (moved.dequantize_weight().t().float() - linear.weight).abs()
+    assert (error <= 0.5 * step + 1e-2 * step + 2e-3).all()
