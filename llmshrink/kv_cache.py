@@ -32,7 +32,8 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer, Fp8QuantizedLayer
 
 from llmshrink import stats
-from llmshrink.params import Kv, choice, integer
+from llmshrink.params import choice, integer
+from llmshrink.params.kv import Kv
 
 DTYPES = ("bf16", "fp8", "int8", "int4", "int2")
 BITS = {"int8": 8, "int4": 4, "int2": 2}

@@ -28,7 +28,7 @@ from transformers import AutoTokenizer
 from llmshrink import family, hardware, models, timing
 from llmshrink.atomic import atomic_dir, scratch
 from llmshrink.calib import token_windows
-from llmshrink.params import Eora, Gptq
+from llmshrink.params.gptq import Eora, Gptq
 
 CPU_INT4_GROUP_SIZES = (32, 64, 128, 256)  # ATen's int4 CPU matmul, which runs 4-bit layers on CPU
 QUANT_KEYS = ("bits", "group_size", "desc_act", "sym", "damp_percent")

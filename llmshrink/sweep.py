@@ -27,8 +27,9 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
-from llmshrink import params
 from llmshrink.atomic import atomic_file
+from llmshrink.params import integer, read
+from llmshrink.params.sections import SECTIONS
 from llmshrink.plots import _save
 from llmshrink.report import quality
 
@@ -205,9 +206,9 @@ def validate(assignment: dict[str, Any], defaults: dict[str, Any], label: str) -
     for section in sorted({k.split(".")[0] for k in assignment}):
         try:
             if section == "seed":
-                params.integer("seed", merged["seed"], 0)
+                integer("seed", merged["seed"], 0)
             else:
-                params.SECTIONS[section](**merged[section])
+                SECTIONS[section](**merged[section])
         except (ValueError, TypeError) as e:
             raise ValueError(f"{label}: {e}") from e
 
@@ -223,8 +224,8 @@ def queue(grid_path: str | Path, jobs: int = 1, run: bool = False, dry_run: bool
           params_path: str | Path = "params.yaml") -> list[list[str]]:
     """Queue every combination of the grid as a DVC experiment (checked against the params schema first) and,
     with `run`, start `dvc queue start -j <jobs>`. With `dry_run` nothing is submitted. Returns the commands."""
-    grid = params.read(grid_path)
-    defaults = params.read(params_path)
+    grid = read(grid_path)
+    defaults = read(params_path)
     outside = outside_paths(defaults, Path(params_path).resolve().parent)
     try:
         named = experiments(grid, Path(grid_path).stem)
@@ -233,7 +234,7 @@ def queue(grid_path: str | Path, jobs: int = 1, run: bool = False, dry_run: bool
     exps = [(n, a | {k: v for k, v in outside.items() if k not in a}) for n, a in named]
     for exp_name, assignment in exps:
         validate(assignment, defaults, exp_name)
-    stages = set(params.read(Path(params_path).with_name("dvc.yaml"))["stages"])
+    stages = set(read(Path(params_path).with_name("dvc.yaml"))["stages"])
     for target in grid.get("targets") or []:
         if target.split("@")[0] not in stages:
             raise ValueError(f"targets: {target!r} is not a stage of dvc.yaml; stages are {sorted(stages)}")

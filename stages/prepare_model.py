@@ -1,15 +1,17 @@
 """Stage prepare_model: the base checkpoint from `model.source`, saved in `model.dtype`."""
 import argparse
 
-from llmshrink import family, models, params, timing
+from llmshrink import family, models, timing
 from llmshrink.atomic import atomic_dir
+from llmshrink.params import load, load_seed
+from llmshrink.params.model import Model
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", help="checkpoint folder to write, e.g. models/base")
     args = parser.parse_args(argv)
-    p, seed = params.load("model"), params.load("seed")
+    p, seed = load(Model), load_seed()
     if p.source == "embedded":
         model, tokenizer = models.load_embedded()
     elif p.source == "gemma3-270m":

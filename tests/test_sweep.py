@@ -11,7 +11,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from llmshrink import params, sweep
+from llmshrink import sweep
+from llmshrink.params import read
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = {"params": {"prune.layers": [0, 2], "wanda.pattern": ["1:8", "2:4", "unstructured:0.5"],
@@ -45,12 +46,12 @@ def test_exclusion_is_type_strict_true_is_not_one() -> None:
 
 
 def test_shipped_grids() -> None:
-    thesis, cpu = (sweep.expand(params.read(ROOT / "sweeps" / f"{n}.yaml")) for n in ("thesis", "cpu"))
+    thesis, cpu = (sweep.expand(read(ROOT / "sweeps" / f"{n}.yaml")) for n in ("thesis", "cpu"))
     assert len(thesis) == 3 * (1 + 4) * 2 * 2 * 2 == 120
     assert not any(c["wanda.enabled"] is False and c["wanda.pattern"] != "1:8" for c in thesis)
     assert len(cpu) == 12 and all(c["gptq.bits"] == 4 for c in cpu)
-    defaults = params.read(ROOT / "params.yaml")
-    for exp_name, assignment in sweep.experiments(params.read(ROOT / "sweeps" / "thesis.yaml"), "thesis"):
+    defaults = read(ROOT / "params.yaml")
+    for exp_name, assignment in sweep.experiments(read(ROOT / "sweeps" / "thesis.yaml"), "thesis"):
         sweep.validate(assignment, defaults, exp_name)
 
 
@@ -85,7 +86,7 @@ def test_values_render_as_dvc_set_param(value: Any, text: str) -> None:
 def test_grid_file_reads_as_yaml_1_2(tmp_path: Path) -> None:
     path = tmp_path / "g.yaml"
     path.write_text("params:\n  wanda.pattern: [2:4, 1:8]\n  eora.enabled: [true, false]\n  eval.limit: [null]\n")
-    first = sweep.expand(params.read(path))[0]
+    first = sweep.expand(read(path))[0]
     assert first == {"wanda.pattern": "2:4", "eora.enabled": True, "eval.limit": None}
     assert sweep.command("x", first) == ["dvc", "exp", "run", "--queue", "--name", "x", "-S", "wanda.pattern=2:4",
                                          "-S", "eora.enabled=true", "-S", "eval.limit=null"]
@@ -94,7 +95,7 @@ def test_grid_file_reads_as_yaml_1_2(tmp_path: Path) -> None:
 # --- names and queueing ---------------------------------------------------------------------------------------
 
 def test_names_readable_valid_git_refs_and_unique() -> None:
-    exps = sweep.experiments(params.read(ROOT / "sweeps" / "thesis.yaml"), "thesis")
+    exps = sweep.experiments(read(ROOT / "sweeps" / "thesis.yaml"), "thesis")
     names = [n for n, _ in exps]
     assert "L2-w1_8-wikitext-b4-eoraT" in names and "L4-wandaoff-triviaqa-b8-eoraF" in names
     assert "L0-wunstructured_0_5-wikitext-b4-eoraT" in names
@@ -112,7 +113,7 @@ def test_colliding_names_and_nothing_varied() -> None:
 
 
 def test_validate_against_the_params_schema() -> None:
-    defaults = params.read(ROOT / "params.yaml")
+    defaults = read(ROOT / "params.yaml")
     sweep.validate({"wanda.pattern": "2:4", "gptq.bits": 8}, defaults, "ok")
     with pytest.raises(ValueError, match=r"bad: wanda.pattern='3:2'"):
         sweep.validate({"wanda.pattern": "3:2"}, defaults, "bad")
@@ -127,7 +128,7 @@ def test_queue_submits_to_dvcs_queue_then_starts_it(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, check: ran.append(cmd))
     assert sweep.queue(grid, jobs=2, run=False, dry_run=True, params_path=ROOT / "params.yaml") and not ran
     sweep.queue(grid, jobs=2, run=True, params_path=ROOT / "params.yaml")
-    outside = [a for k, v in sweep.outside_paths(params.read(ROOT / "params.yaml"), ROOT).items() for a in ("-S", f"{k}={v}")]
+    outside = [a for k, v in sweep.outside_paths(read(ROOT / "params.yaml"), ROOT).items() for a in ("-S", f"{k}={v}")]
     assert ran == [["dvc", "exp", "run", "--queue", "--name", "L0", "-S", "prune.layers=0", "-S", "wanda.pattern=2:4", *outside],
                    ["dvc", "exp", "run", "--queue", "--name", "L2", "-S", "prune.layers=2", "-S", "wanda.pattern=2:4", *outside],
                    ["dvc", "queue", "start", "-j", "2"]]

@@ -12,12 +12,14 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmshrink import models, params, wanda
+from llmshrink import models, wanda
 from llmshrink.calib import token_windows
+from llmshrink.params import MODULES, read
+from llmshrink.params.width import Wanda
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = params.read(ROOT / "params.yaml")
-PROJ = params.MODULES
+BASE = read(ROOT / "params.yaml")
+PROJ = MODULES
 STAGE_ARGS = ["models/depth", "data/calibration.txt", "models/width", "metrics/width.json"]
 
 
@@ -28,7 +30,7 @@ def calib(tiny_dir: Path, prose: str) -> torch.Tensor:
 
 def pruned(tiny_dir: Path, calib: torch.Tensor, **overrides) -> torch.nn.Module:
     model = models.load(tiny_dir)
-    wanda.prune(model, calib, params.Wanda(**{**BASE["wanda"], **overrides}), batch_size=3)
+    wanda.prune(model, calib, Wanda(**{**BASE["wanda"], **overrides}), batch_size=3)
     return model
 
 
@@ -125,14 +127,14 @@ def test_dense_layers_and_unlisted_modules_stay_dense(tiny_dir, calib):
 def test_a_pattern_that_prunes_nothing_is_refused(pattern):
     # pruning nothing is `wanda.enabled: false` (the stage then copies the model, see below), not a zero pattern
     with pytest.raises(ValueError, match=r"wanda\.pattern"):
-        params.Wanda(**{**BASE["wanda"], "pattern": pattern})
+        Wanda(**{**BASE["wanda"], "pattern": pattern})
 
 
 @pytest.mark.parametrize("pattern, n, m, target, name", [
     ("1:8", 1, 8, 0.125, "1:8"), (" 2 : 4 ", 2, 4, 0.5, "2:4"), ("unstructured:0.5", 0, 0, 0.5, "unstructured:0.5"),
 ])
 def test_pattern_is_parsed(pattern, n, m, target, name):
-    s = params.Wanda(**{**BASE["wanda"], "pattern": pattern, "dense_layers": [3, 1, 3]})
+    s = Wanda(**{**BASE["wanda"], "pattern": pattern, "dense_layers": [3, 1, 3]})
     assert (s.n, s.m, s.target, s.name, s.dense_layers) == (n, m, target, name, (1, 3))
 
 
