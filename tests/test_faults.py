@@ -20,6 +20,8 @@ import yaml
 from llmshrink import models, pypi, sweep
 from llmshrink import params as params_file
 from llmshrink.params import InputError
+from llmshrink.params.model import Model
+from llmshrink.params.width import Wanda
 
 ROOT = Path(__file__).resolve().parents[1]
 # imported by every Python process of the run (PYTHONPATH): a stage process (it imported `stages`) kills itself with
@@ -124,7 +126,7 @@ def test_eval_seq_len_beyond_the_model_positions_is_refused_in_one_line(tiny_dir
 def test_a_malformed_wanda_pattern_names_the_parameter_and_the_allowed_forms(pattern: str) -> None:
     raw = {**params_file.read(ROOT / "params.yaml")["wanda"], "pattern": pattern}
     with pytest.raises(ValueError, match=rf"wanda\.pattern='{re.escape(pattern)}' is neither 'N:M'.*'unstructured:S'"):
-        params_file.Wanda(**raw)
+        Wanda(**raw)
 
 
 def test_a_bad_parameter_of_a_cold_stage_is_one_line(tmp_path: Path) -> None:
@@ -219,4 +221,4 @@ def test_a_stalled_hub_fails_in_seconds_naming_the_model(tmp_path: Path) -> None
 def test_a_bad_hub_revision_names_the_parameter(revision: object) -> None:
     raw = {**params_file.read(ROOT / "params.yaml")["model"], "hub_revision": revision}
     with pytest.raises(ValueError, match=r"model\.hub_revision=.* must be a branch, tag or commit"):
-        params_file.Model(**raw)
+        Model(**raw)
