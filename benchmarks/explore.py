@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 from tqdm import tqdm
 
-from llmshrink import explore, models
+from llmshrink import explore, sources
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.data import qa_record
@@ -67,7 +67,7 @@ def main() -> None:
                for r in map(json.loads, lines)]
 
     torch.manual_seed(0)
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     model.eval()
     start = time.perf_counter()
     # explore.explore without its timing-free rows: the same windows and per-configuration explore.score, each

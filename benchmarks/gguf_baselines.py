@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from llmshrink import export, gguf_gptq, imatrix, kl, models, quantize, stats
+from llmshrink import export, gguf_gptq, imatrix, kl, quantize, sources, stats
 from llmshrink.atomic import atomic_file, write_json
 from llmshrink.benchmark import provenance
 from llmshrink.compare import committed, paired, score
@@ -93,7 +93,7 @@ def make(name: str, inputs: Path, tmp: Path) -> Path:
     matrix = inputs / "results" / "imatrix" / source / imatrix.FILE_NAME if use_imatrix else None
     if maker == "wheel":
         out.mkdir()
-        (out / export.GGUF_NAME).symlink_to(models.embedded_gguf())
+        (out / export.GGUF_NAME).symlink_to(sources.embedded_gguf())
     elif maker == "llama.cpp":
         types = {} if embedding == "auto" else {"token_embd": embedding, "output": embedding}
         export.to_gguf(src, out, file_type, matrix, types)

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from llmshrink import models, quantize, wanda
+from llmshrink import models, quantize, sources, wanda
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.calib import token_windows
@@ -49,7 +49,7 @@ def main() -> None:
     def ppl(model) -> float:
         return round(text_perplexity(model, tokenizer, test_text, SEQ_LEN, BATCH, args.max_windows)["ppl"], 3)
 
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     model.eval()
     pruned = wanda.prune(model, token_windows(tokenizer, valid, s.samples, s.seq_len, seed), s)
     settings = {k: v for k, v in dataclasses.asdict(gptq_p).items() if k != "keep_sparsity"}

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import torch
 
-from llmshrink import calib, depth, lora, models, wanda
+from llmshrink import calib, depth, lora, sources, wanda
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.params import read
@@ -64,7 +64,7 @@ def main() -> None:
     p = Lora(**{**raw["lora"], "enabled": True, **({"steps": args.steps} if args.steps else {})})
     started = time.perf_counter()
 
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     model.eval()
     data = Path(args.data)
     test_ids = calib.tokenize(tokenizer, "\n\n".join(json.loads((data / "test_rows.json").read_text())))

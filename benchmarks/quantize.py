@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from llmshrink import hardware, models, quantize
+from llmshrink import hardware, models, quantize, sources
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.calib import tokenize
@@ -64,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ref_dir, bf16_dir, gptq_dir, eora_dir = (Path(tmp) / n for n in ("fp32", "bf16", "gptq", "eora"))
         start = time.perf_counter()
-        model, tokenizer = models.load_embedded()  # drops the GGUF file's quantization_config
+        model, tokenizer = sources.load_embedded()  # drops the GGUF file's quantization_config
         models.save(model, tokenizer, ref_dir, "float32")
         models.save(model, tokenizer, bf16_dir, "bfloat16")
         seconds = time.perf_counter() - start

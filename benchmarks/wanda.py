@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from llmshrink import calib, hardware, models, wanda
+from llmshrink import calib, hardware, sources, wanda
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.params import MODULES
@@ -49,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
 
     started = time.perf_counter()
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     model.eval()
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     valid = (DATA / "valid_tokens.txt").read_text(encoding="utf-8")

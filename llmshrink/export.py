@@ -87,7 +87,7 @@ def convert(src: str | Path, out: Path, file_type: str) -> None:
 
 def describe(file: str | Path) -> dict[str, Any]:
     """Bytes, parameter count, tensor types (count of tensors per GGML type) and metadata of a GGUF file."""
-    from llmshrink.models import gguf_reader  # not at the top: the converter's child process imports this module
+    from llmshrink.gguf_files import gguf_reader  # not at the top: the converter's child process imports this module
 
     reader = gguf_reader(file)
     field = lambda key: reader.fields[key].contents() if key in reader.fields else None  # noqa: E731

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from llmshrink import lora, models, structured
+from llmshrink import lora, sources, structured
 from llmshrink.calib import token_windows
 from llmshrink.params import read
 from llmshrink.params.lora import Lora
@@ -28,7 +28,7 @@ def lora_params(**overrides: object) -> Lora:
 
 @pytest.fixture(scope="module")
 def teacher() -> torch.nn.Module:
-    return models.tiny_model(DIMS, seed=0)[0].eval()
+    return sources.tiny_model(DIMS, seed=0)[0].eval()
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def student(tiny_dir: Path, prose: str) -> tuple[torch.nn.Module, list[lora.Batc
     """The teacher with half its MLP channels removed, and training batches of real prose."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     s = Structured(**{**PARAMS["structured"], "mlp": 0.5, "samples": 4, "seq_len": 32})
-    model, _ = structured.prune(models.tiny_model(DIMS, seed=0)[0], token_windows(tokenizer, prose, 4, 32, 0), s)
+    model, _ = structured.prune(sources.tiny_model(DIMS, seed=0)[0], token_windows(tokenizer, prose, 4, 32, 0), s)
     return model, lora.text_batches(tokenizer, prose, lora_params(), 0)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmshrink import depth, export, llamacpp, models
+from llmshrink import depth, export, family, gguf_files, llamacpp, models
 from llmshrink.calib import tokenize
 from llmshrink.params.gguf import CONVERTER_TYPES, Export, KquantBase
 from llmshrink.perplexity import windows
@@ -33,7 +33,7 @@ def pruned_dir(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Path
     model = models.load(tiny_dir)
     depth.prune(model, [2, 5])
     keep = torch.arange(96)
-    for layer in models.decoder_layers(model):
+    for layer in family.layers(model):
         mlp = layer.mlp
         for proj, dim in ((mlp.gate_proj, 0), (mlp.up_proj, 0), (mlp.down_proj, 1)):
             proj.weight = torch.nn.Parameter(proj.weight.index_select(dim, keep))
@@ -71,7 +71,7 @@ def heldout(pruned_dir: Path, prose: str) -> torch.Tensor:
 def test_gguf_loads_back_within_the_types_bound(file_type: str, exported: dict, pruned_dir: Path,
                                                  heldout: torch.Tensor) -> None:
     out, metrics = exported[file_type]
-    assert sorted(p.name for p in out.iterdir()) == [export.GGUF_NAME] and models.gguf_file(out) == export.GGUF_NAME
+    assert sorted(p.name for p in out.iterdir()) == [export.GGUF_NAME] and gguf_files.gguf_file(out) == export.GGUF_NAME
     assert metrics["bytes"] == models.dir_bytes(out) and metrics["layers"] == 6 and metrics["chat_template"]
     quantized = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}[file_type]
     # llama-quantize's output matrix (the tied embedding): Q6_K, Q8_0 where rows do not divide into 256
@@ -114,7 +114,7 @@ def test_a_gguf_checkpoint_is_parsed_once_per_process(exported: dict, gguf_parse
     reader, name_map, parses = gguf.GGUFReader, gguf.get_tensor_name_map, gguf_parses
     maps = []
     monkeypatch.setattr(gguf, "get_tensor_name_map", lambda *a: maps.append(a) or name_map(*a))
-    models._gguf_config.cache_clear(), models._gguf_reader.cache_clear()
+    gguf_files._gguf_config.cache_clear(), gguf_files._gguf_reader.cache_clear()
     config = models.read_config(out)
     assert models.read_config(out) == config and not models.is_quantized(out)
     tokenizer, model = models.load_tokenizer(out), models.load(out)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from llmshrink import (benchmark, depth, evaluate, explore, export, family, lora, models, perplexity, quantize,
-                       structured, wanda)
+                       sources, structured, wanda)
 from llmshrink.calib import token_windows
 from llmshrink.params import read
 from llmshrink.params.evaluation import Eval
@@ -68,7 +68,7 @@ def frozen_heap():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.embedded_tokenizer()
+    return sources.embedded_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def calib(tokenizer, prose: str) -> torch.Tensor:
 
 def tiny(model_type: str, tokenizer) -> torch.nn.Module:
     """The family's tiny random model, its biases and norm weights randomised too (so cutting them is tested)."""
-    model = models.family_model(model_type, {**DIMS, **EXTRA[model_type]}, 0, tokenizer).eval()
+    model = sources.family_model(model_type, {**DIMS, **EXTRA[model_type]}, 0, tokenizer).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim == 1:
@@ -248,21 +248,21 @@ def test_chunked_gguf_is_joined_checked_and_then_offline(tmp_path: Path, monkeyp
 
     monkeypatch.setenv("LLMSHRINK_CACHE", str(tmp_path))
     chunks = [b"GGUF head ", b"and tail"]
-    pins = {(models.GEMMA3_270M, models.GEMMA3_270M_GGUF): hashlib.sha256(b"".join(chunks)).hexdigest()}
-    for (req, name), data in zip(models.GEMMA3_270M_PARTS, chunks):
+    pins = {(sources.GEMMA3_270M, sources.GEMMA3_270M_GGUF): hashlib.sha256(b"".join(chunks)).hexdigest()}
+    for (req, name), data in zip(sources.GEMMA3_270M_PARTS, chunks):
         (tmp_path / req.replace("==", "-")).mkdir()
         (tmp_path / req.replace("==", "-") / name).write_bytes(data)
         pins[(req, name)] = hashlib.sha256(data).hexdigest()
     monkeypatch.setattr(pypi, "SHA256", pins)
-    parts = models.GEMMA3_270M_PARTS[:2]
-    joined = pypi.joined_file(models.GEMMA3_270M, models.GEMMA3_270M_GGUF, parts)
+    parts = sources.GEMMA3_270M_PARTS[:2]
+    joined = pypi.joined_file(sources.GEMMA3_270M, sources.GEMMA3_270M_GGUF, parts)
     assert joined.read_bytes() == b"".join(chunks) and not any((tmp_path / r.replace("==", "-") / n).exists()
                                                                  for r, n in parts)
     monkeypatch.setattr(pypi, "download", lambda *a, **k: pytest.fail("downloaded again"))
-    assert pypi.joined_file(models.GEMMA3_270M, models.GEMMA3_270M_GGUF, parts) == joined
+    assert pypi.joined_file(sources.GEMMA3_270M, sources.GEMMA3_270M_GGUF, parts) == joined
     joined.write_bytes(b"changed")
     with pytest.raises(InputError, match="not the pinned"):
-        pypi.joined_file(models.GEMMA3_270M, models.GEMMA3_270M_GGUF, parts)
+        pypi.joined_file(sources.GEMMA3_270M, sources.GEMMA3_270M_GGUF, parts)
     assert Model(**{**PARAMS["model"], "source": "gemma3-270m"}).source == "gemma3-270m"
 
 
@@ -271,4 +271,4 @@ def test_unsupported_family_is_refused_naming_it() -> None:
 
     with pytest.raises(ValueError, match="'gpt2'.*supported families: llama"):
         family.check(GPT2Config())
-    assert len(models.SUPPORTED_ARCHITECTURES) >= 8
+    assert len(family.FAMILIES) >= 8

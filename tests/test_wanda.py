@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmshrink import models, wanda
+from llmshrink import family, models, wanda
 from llmshrink.calib import token_windows
 from llmshrink.params import MODULES, read
 from llmshrink.params.width import Wanda
@@ -39,7 +39,7 @@ def own_norms(model: torch.nn.Module, calib: torch.Tensor, layer: int) -> dict[s
     """‖X_j‖₂ of the inputs of every linear module of decoder layer `layer`, from a full forward pass."""
     sums: dict[str, torch.Tensor] = {}
     handles = []
-    for name, module in models.decoder_layers(model)[layer].named_modules():
+    for name, module in family.layers(model)[layer].named_modules():
         if isinstance(module, torch.nn.Linear):
             def hook(_m, args, name=name):
                 x = args[0].double().flatten(0, 1)
@@ -60,7 +60,7 @@ def expected_mask(weight: torch.Tensor, norm: torch.Tensor, n: int, m: int) -> t
 
 
 def linears(model: torch.nn.Module, layer: int) -> dict[str, torch.Tensor]:
-    layer_module = models.decoder_layers(model)[layer]
+    layer_module = family.layers(model)[layer]
     return {name.rsplit(".", 1)[-1]: m.weight.detach() for name, m in layer_module.named_modules()
             if isinstance(m, torch.nn.Linear)}
 
@@ -101,7 +101,7 @@ def test_pruned_activations_flow_to_the_next_layer(tiny_dir, calib):
     model = pruned(tiny_dir, calib, pattern="2:4")
     # norms of layer 1's inputs in a model whose layer 0 alone is pruned
     half = models.load(tiny_dir)
-    models.decoder_layers(half)[0].load_state_dict(models.decoder_layers(model)[0].state_dict())
+    family.layers(half)[0].load_state_dict(family.layers(model)[0].state_dict())
     flow_norms, dense_norms = own_norms(half, calib, 1), own_norms(models.load(tiny_dir), calib, 1)
     differs = False
     for name, w in linears(half, 1).items():
