@@ -19,7 +19,7 @@ from pathlib import Path
 from dvc.utils.hydra import apply_overrides
 from transformers import AutoTokenizer
 
-from llmshrink import gguf_files, hardware, kv_cache, llamacpp, models
+from llmshrink import gguf_files, hardware, kv_cache, kv_study, llamacpp, models
 from llmshrink.atomic import atomic_file, write_json
 from llmshrink.benchmark import provenance
 from llmshrink.params import load
@@ -89,12 +89,12 @@ def main() -> None:
     model = models.load(args.model, dtype)
 
     start = time.perf_counter()
-    raw = kv_cache.study(model, configs, by_context, p.chunk, p.decode_tokens)
+    raw = kv_study.study(model, configs, by_context, p.chunk, p.decode_tokens)
     deploy = p.context or model_config["max_position_embeddings"]
-    summary = kv_cache.summarize(raw, configs, p.baseline, model_config, deploy, seed=0)
+    summary = kv_study.summarize(raw, configs, p.baseline, model_config, deploy, seed=0)
     gguf = gguf_files.gguf_file(args.gguf) if args.gguf.is_dir() else None
     bench = llama_bench(args.gguf / gguf, [0, *p.contexts], p.decode_tokens * 4, 2) if gguf else []
-    table = kv_cache.markdown(summary, p.baseline)
+    table = kv_study.markdown(summary, p.baseline)
     write_json(args.out, {
         **provenance(),
         "model": f"{args.model} ({model_config['num_hidden_layers']} layers, {dtype})",

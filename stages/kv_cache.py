@@ -7,7 +7,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import hardware, kv_cache, models, timing
+from llmshrink import hardware, kv_cache, kv_study, models, timing
 from llmshrink.atomic import atomic_file, write_json
 from llmshrink.params import InputError, load, load_seed
 from llmshrink.params.evaluation import Eval
@@ -37,13 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     dtype = hardware.resolve_dtype(e.dtype)
     model = models.load(args.model, dtype)
 
-    raw = kv_cache.study(model, configs, by_context, p.chunk, p.decode_tokens)
+    raw = kv_study.study(model, configs, by_context, p.chunk, p.decode_tokens)
     deploy = p.context or model_config["max_position_embeddings"]
-    summary = kv_cache.summarize(raw, configs, p.baseline, model_config, deploy, seed)
+    summary = kv_study.summarize(raw, configs, p.baseline, model_config, deploy, seed)
     write_json(args.metrics, {"model": args.model, "text": name, "dtype": dtype, "device": hardware.name(model.device),
                               "chunk": p.chunk, "windows": p.windows, "baseline": p.baseline, "deploy_context": deploy,
                               "configs": summary})
-    table = kv_cache.markdown(summary, p.baseline)
+    table = kv_study.markdown(summary, p.baseline)
     with atomic_file(args.table) as f:
         f.write(table)
     print(table)
