@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 
 DTYPES = ("float32", "bfloat16", "float16")
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-Section = TypeVar("Section")
+Section = TypeVar("Section")  # a section's dataclass; its SECTION names its part of params.yaml
 
 
 class InputError(RuntimeError):
