@@ -17,7 +17,7 @@ import torch
 from lm_eval.tasks import TaskManager
 from transformers import AutoTokenizer
 
-from llmshrink import benchmark, hardware, harness, models
+from llmshrink import benchmark, hardware, harness, models, sources
 from llmshrink.atomic import write_json
 from llmshrink.perplexity import token_ids, window_nll, windows
 
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    base, tokenizer = models.load_embedded()
+    base, tokenizer = sources.load_embedded()
     tmp = ROOT / "benchmarks" / "work" / "embedded"
     if not (tmp / "config.json").exists():
         models.save(base, tokenizer, tmp, "float32")

@@ -22,12 +22,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmshrink import benchmark, hardware, models, params, quantize  # noqa: E402
+from llmshrink import benchmark, hardware, models, quantize, sources  # noqa: E402
+from llmshrink.params.gptq import Eora, Gptq  # noqa: E402
 from llmshrink.calib import token_windows  # noqa: E402
 
-GPTQ = params.Gptq(enabled=True, bits=4, group_size=128, desc_act=False, damp_percent=0.05, sym=True,
-                   keep_sparsity=False, samples=32, seq_len=2048)
-EORA = params.Eora(enabled=True, rank=32, samples=16, seq_len=2048)
+GPTQ = Gptq(enabled=True, bits=4, group_size=128, desc_act=False, damp_percent=0.05, sym=True,
+               keep_sparsity=False, samples=32, seq_len=2048)
+EORA = Eora(enabled=True, rank=32, samples=16, seq_len=2048)
 
 
 @torch.no_grad()
@@ -49,14 +50,14 @@ def agreement(path: Path, windows: torch.Tensor, dev: torch.device) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="llama-3.2-1b", choices=list(models.SHAPES))
+    parser.add_argument("--shape", default="llama-3.2-1b", choices=list(sources.SHAPES))
     parser.add_argument("--tokenizer", required=True, help="a saved tokenizer folder")
     parser.add_argument("--text", type=Path, required=True, help="calibration text")
     parser.add_argument("--work", type=Path, required=True, help="scratch folder for the checkpoints")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gptq_decode.json")
     args = parser.parse_args()
     dev = hardware.device()
-    model, tokenizer = models.shaped_model(args.shape, 0, args.tokenizer)
+    model, tokenizer = sources.shaped_model(args.shape, 0, args.tokenizer)
     paths = {name: args.work / name for name in ("base", "gptq", "eora")}
     models.save(model.to(torch.bfloat16), tokenizer, paths["base"], "bfloat16")
     del model

@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmshrink import benchmark, hardware, int4, models  # noqa: E402
+from llmshrink import benchmark, hardware, int4, sources  # noqa: E402
 
 TINY = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 GROUP = 128
@@ -31,8 +31,8 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 
 def shaped(shape: str, dev: torch.device) -> LlamaForCausalLM:
-    dims = TINY if shape == "tiny" else models.SHAPES[shape]
-    config = LlamaConfig(vocab_size=models.LLAMA3_VOCAB, max_position_embeddings=4096, **dims)
+    dims = TINY if shape == "tiny" else sources.SHAPES[shape]
+    config = LlamaConfig(vocab_size=sources.LLAMA3_VOCAB, max_position_embeddings=4096, **dims)
     torch.manual_seed(0)
     with dev:
         default = torch.get_default_dtype()
@@ -90,7 +90,7 @@ def layer_timings(k: int, n: int, dev: torch.device, rows: list[int], reps: int 
 
 
 def run_shape(shape: str, dev: torch.device, new_tokens: int) -> dict[str, Any]:
-    prompt = torch.randint(0, models.LLAMA3_VOCAB, (1, 128), generator=torch.Generator().manual_seed(0)).to(dev)
+    prompt = torch.randint(0, sources.LLAMA3_VOCAB, (1, 128), generator=torch.Generator().manual_seed(0)).to(dev)
     result: dict[str, Any] = {"decode_tok_s_b1_compiled": {}, "weight_bytes": {}}
     for name, rank in (("bf16", None), ("int4", 0), ("int4_rank32", RANK)):
         model = shaped(shape, dev)
@@ -105,7 +105,7 @@ def run_shape(shape: str, dev: torch.device, new_tokens: int) -> dict[str, Any]:
             torch.cuda.empty_cache()
     base = result["decode_tok_s_b1_compiled"]["bf16"]
     result["decode_vs_bf16"] = {k: v / base for k, v in result["decode_tok_s_b1_compiled"].items()}
-    dims = TINY if shape == "tiny" else models.SHAPES[shape]
+    dims = TINY if shape == "tiny" else sources.SHAPES[shape]
     h, f = dims["hidden_size"], dims["intermediate_size"]
     result["layer_us"] = {f"{h}->{f}": layer_timings(h, f, dev, [1, 16, 64, 512, 4096]),
                           f"{f}->{h}": layer_timings(f, h, dev, [1, 16, 64, 512, 4096])}
@@ -114,7 +114,7 @@ def run_shape(shape: str, dev: torch.device, new_tokens: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=["llama-3.2-1b"], choices=["tiny", *models.SHAPES])
+    parser.add_argument("--shapes", nargs="+", default=["llama-3.2-1b"], choices=["tiny", *sources.SHAPES])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "int4_decode.json")
     args = parser.parse_args()

@@ -25,10 +25,10 @@ os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 import torch
 from transformers import AutoTokenizer
 
-from llmshrink import family, hardware, models, timing
+from llmshrink import canonical, family, hardware, models, timing
 from llmshrink.atomic import atomic_dir, scratch
 from llmshrink.calib import token_windows
-from llmshrink.params import Eora, Gptq
+from llmshrink.params.gptq import Eora, Gptq
 
 CPU_INT4_GROUP_SIZES = (32, 64, 128, 256)  # ATen's int4 CPU matmul, which runs 4-bit layers on CPU
 QUANT_KEYS = ("bits", "group_size", "desc_act", "sym", "damp_percent")
@@ -161,7 +161,7 @@ def gptq(src: str | Path, out: str | Path, p: Gptq, text: str, seed: int, on: to
                     t.data = t.data.to(hardware.DTYPES[keep])
         with timing.part("quantize/save"):
             model.save(str(tmp))
-            models.canonicalize(tmp)
+            canonical.canonicalize(tmp)
     del model
     with timing.part("quantize/sparsity_check"):
         kept = sparsity_kept(out, src, on)
@@ -196,7 +196,7 @@ def eora(reference: str | Path, quantized: str | Path, out: str | Path, p: Eora,
                 batch_size=CALIB_BATCH,
                 device=on.type,
             )
-        models.canonicalize(tmp)
+        canonical.canonicalize(tmp)
     return {"enabled": True, "rank": p.rank, "samples": p.samples, "seq_len": p.seq_len, "device": hardware.name(on),
             "adapter_bytes": models.dir_bytes(Path(out) / models.ADAPTER_DIR),
             "bytes": models.dir_bytes(out)}

@@ -3,8 +3,10 @@ rounds), with ratios to the first checkpoint, peak memory and the machine it ran
 import argparse
 from pathlib import Path
 
-from llmshrink import benchmark, hardware, llamacpp, params, timing
+from llmshrink import benchmark, hardware, llamacpp, timing
 from llmshrink.atomic import write_json
+from llmshrink.params import load
+from llmshrink.params.benchmark import Benchmark
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint names; the first is the baseline")
     parser.add_argument("--baselines", nargs="*", default=[], help="which of them are baselines (unused here)")
     args = parser.parse_args(argv)
-    p = params.load("benchmark")
+    p = load(Benchmark)
     paths = {name: Path(args.models_dir) / name for name in args.checkpoints}
     result = benchmark.run(paths, hardware.resolve_dtype(p.dtype), p.rounds, p.prompt_tokens, p.new_tokens,
                            list(p.batch_sizes))

@@ -5,8 +5,10 @@ the metrics say which."""
 import argparse
 from pathlib import Path
 
-from llmshrink import models, params, quantize, timing
+from llmshrink import models, quantize, timing
 from llmshrink.atomic import write_json
+from llmshrink.params import load, load_seed
+from llmshrink.params.gptq import Eora
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="checkpoint folder to write, e.g. models/eora")
     parser.add_argument("metrics", help="metrics JSON, e.g. metrics/eora.json")
     args = parser.parse_args(argv)
-    p, seed = params.load("eora"), params.load("seed")
+    p, seed = load(Eora), load_seed()
     if not p.enabled or not models.is_quantized(args.quantized):
         reason = "eora.enabled=false" if not p.enabled else f"{args.quantized} is not quantized (gptq.enabled=false)"
         metrics = {**models.passthrough(args.quantized, args.out), "reason": reason}

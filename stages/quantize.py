@@ -2,8 +2,10 @@
 import argparse
 from pathlib import Path
 
-from llmshrink import models, params, quantize, timing
+from llmshrink import models, quantize, timing
 from llmshrink.atomic import write_json
+from llmshrink.params import load, load_seed
+from llmshrink.params.gptq import Gptq
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -13,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="checkpoint folder to write, e.g. models/gptq")
     parser.add_argument("metrics", help="metrics JSON, e.g. metrics/gptq.json")
     args = parser.parse_args(argv)
-    p, seed = params.load("gptq"), params.load("seed")
+    p, seed = load(Gptq), load_seed()
     if not p.enabled:
         metrics = models.passthrough(args.model, args.out)
     else:

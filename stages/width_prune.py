@@ -5,9 +5,11 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import hardware, models, params, structured, timing, wanda
+from llmshrink import hardware, models, structured, timing, wanda
 from llmshrink.atomic import atomic_dir, write_json
 from llmshrink.calib import token_windows
+from llmshrink.params import load, load_seed
+from llmshrink.params.width import Structured, Wanda
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="checkpoint folder to write, e.g. models/width")
     parser.add_argument("metrics", help="metrics JSON, e.g. metrics/width.json")
     args = parser.parse_args(argv)
-    p, s, seed = params.load("wanda"), params.load("structured"), params.load("seed")
+    p, s, seed = load(Wanda), load(Structured), load_seed()
     if not p.enabled and not s.enabled:
         write_json(args.metrics, models.passthrough(args.model, args.out))
         print(f"{args.out}: copy of {args.model} (wanda.enabled=false, structured shares 0)")

@@ -15,16 +15,19 @@ import yaml
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
-from llmshrink import models, params, quantize, wanda
+from llmshrink import family, models, quantize, wanda
 from llmshrink.calib import token_windows, tokenize
+from llmshrink.params import MODULES
+from llmshrink.params.gptq import Eora, Gptq
+from llmshrink.params.width import Wanda
 from llmshrink.perplexity import windows
 
 # tiny model: hidden 64, intermediate 128, so GPTQ groups of 32 or 64 on CPU
 GPTQ_SECTION = {"enabled": True, "bits": 4, "group_size": 32, "desc_act": False, "damp_percent": 0.05, "sym": True,
                 "keep_sparsity": True, "samples": 16, "seq_len": 128}
 EORA_SECTION = {"enabled": True, "rank": 16, "samples": 16, "seq_len": 128}  # rank 8 of width 64 compensates too little
-GPTQ = params.Gptq(**GPTQ_SECTION)
-EORA = params.Eora(**EORA_SECTION)
+GPTQ = Gptq(**GPTQ_SECTION)
+EORA = Eora(**EORA_SECTION)
 CPU = torch.device("cpu")
 CALIB_CHARS = 100_000  # calibration from the head of the prose, held-out text from its tail
 
@@ -50,7 +53,7 @@ def eora_run(work: Path, tiny_dir: Path, gptq_run: tuple[Path, dict], prose: str
 def wanda_dir(work: Path, tiny_dir: Path, prose: str) -> Path:
     """The tiny model with WANDA 2:4 on every linear layer of the decoder."""
     model, tokenizer = models.load(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
-    s = params.Wanda(enabled=True, pattern="2:4", modules=list(params.MODULES), dense_layers=[], samples=8, seq_len=64)
+    s = Wanda(enabled=True, pattern="2:4", modules=list(MODULES), dense_layers=[], samples=8, seq_len=64)
     wanda.prune(model, token_windows(tokenizer, prose[:CALIB_CHARS], s.samples, s.seq_len, seed=0), s)
     models.save(model, tokenizer, work / "wanda", "float32")
     return work / "wanda"
@@ -98,7 +101,7 @@ def test_quantize_reload_generate(gptq_run: tuple[Path, dict], tiny_dir: Path) -
         packed = sum(f.get_tensor(k).nbytes for k in f.keys() if k.endswith(".qweight"))
     assert packed == sum(i * o for i, o in models.linear_shapes(tiny_dir).values()) * 4 // 8
     model = load(out)
-    assert sum(type(m).__module__.startswith("gptqmodel") for m in model.modules()) == 7 * len(models.decoder_layers(model))
+    assert sum(type(m).__module__.startswith("gptqmodel") for m in model.modules()) == 7 * len(family.layers(model))
     prompt = torch.tensor([[1, 504, 3458, 314]])
     generated = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert generated.shape == (1, 9) and torch.equal(generated[:, :4], prompt)
@@ -138,9 +141,9 @@ def test_invalid_params_name_the_parameter() -> None:
     for key, bad, message in [("bits", 5, r"gptq\.bits=5.*\[2, 3, 4, 8\]"), ("damp_percent", 0, r"gptq\.damp_percent=0"),
                               ("group_size", 48, r"gptq\.group_size=48"), ("samples", 0, r"gptq\.samples=0")]:
         with pytest.raises(ValueError, match=message):
-            params.Gptq(**{**GPTQ_SECTION, key: bad})
+            Gptq(**{**GPTQ_SECTION, key: bad})
     with pytest.raises(ValueError, match=r"eora\.rank=0"):
-        params.Eora(**{**EORA_SECTION, "rank": 0})
+        Eora(**{**EORA_SECTION, "rank": 0})
 
 
 def test_eora_rank_above_smallest_layer_fails(tmp_path: Path, tiny_dir: Path, gptq_run: tuple[Path, dict]) -> None:
