@@ -6,6 +6,8 @@ import filecmp
 import json
 import os
 import runpy
+from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors import safe_open
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from llmshrink import family, models, quantize, wanda
@@ -126,6 +129,59 @@ def test_eora_brings_logits_closer(
     compensated = logits(load(out), heldout)
     assert relative_error(compensated, reference_logits) < 0.8 * relative_error(quantized, reference_logits)  # seen: 0.61
     assert kl(compensated, reference_logits) < 0.6 * kl(quantized, reference_logits)  # seen: 0.39
+
+
+def counted_eigh(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """From now on, the shape of every matrix `torch.linalg.eigh` decomposes, in call order, but for the 4 x 4 ones
+    of GPTQModel's linalg warm-up (`gptqmodel.utils.linalg_warmup`)."""
+    shapes: list[tuple[int, ...]] = []
+    eigh = torch.linalg.eigh
+
+    def counting(a: torch.Tensor, *args: object, **kwargs: object) -> object:
+        if tuple(a.shape) != (4, 4):
+            shapes.append(tuple(a.shape))
+        return eigh(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", counting)
+    return shapes
+
+
+def test_eigh_once_decomposes_an_equal_matrix_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    shapes = counted_eigh(monkeypatch)
+    a, b = (torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    a, b = a @ a.T, b @ b.T
+    expected = torch.linalg.eigh(a)
+    shapes.clear()
+    with quantize.eigh_once():
+        first, again = torch.linalg.eigh(a), torch.linalg.eigh(a.clone())
+        again.eigenvectors.zero_()  # a caller's result is its own
+        third = torch.linalg.eigh(a.clone())
+        torch.linalg.eigh(b)
+        torch.linalg.eigh(a, UPLO="U")  # other arguments: the stock eigh, uncached
+    assert len(shapes) == 3 and torch.linalg.eigh.__name__ == "counting"  # restored after the block
+    for result in (first, third):
+        assert all(torch.equal(x, y) for x, y in zip(result, expected))
+
+
+def test_eora_decomposes_each_input_covariance_once(
+    work: Path, tiny_dir: Path, gptq_run: tuple[Path, dict], prose: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per layer one eigendecomposition for q/k/v, o, gate/up and down each (GPTQModel's own path: 7), and the
+    adapter GPTQModel's own path writes, tensor for tensor."""
+    config = json.loads((tiny_dir / "config.json").read_text())
+    layers, hidden, intermediate = (config[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size"))
+    shapes = counted_eigh(monkeypatch)
+    quantize.eora(tiny_dir, gptq_run[0], work / "eora_once", EORA, prose[:CALIB_CHARS], seed=0, on=CPU)
+    assert Counter(shapes) == {(hidden, hidden): 3 * layers, (intermediate, intermediate): layers}
+    shapes.clear()
+    monkeypatch.setattr(quantize, "eigh_once", nullcontext)
+    quantize.eora(tiny_dir, gptq_run[0], work / "eora_stock", EORA, prose[:CALIB_CHARS], seed=0, on=CPU)
+    assert Counter(shapes) == {(hidden, hidden): 6 * layers, (intermediate, intermediate): layers}
+    adapters = [load_file(work / run / "adapter" / "adapter_model.safetensors") for run in ("eora_once", "eora_stock")]
+    assert adapters[0].keys() == adapters[1].keys() and len(adapters[0]) == 2 * 7 * layers
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+    assert filecmp.cmp(work / "eora_once" / "adapter" / "adapter_config.json",
+                       work / "eora_stock" / "adapter" / "adapter_config.json", shallow=False)
 
 
 @pytest.mark.parametrize("group_size", [128, 256])
