@@ -33,6 +33,7 @@ from llmshrink import models, params, quantize
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.calib import tokenize
+from llmshrink.params.gptq import Eora
 from llmshrink.perplexity import perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ def main() -> None:
     args = ap.parse_args()
     reference, quantized = args.models / "lora", args.models / "gptq"
     raw = params.read(ROOT / "params.yaml")
-    p, seed, cpu = params.Eora(**raw["eora"]), raw["seed"], torch.device("cpu")
+    p, seed, cpu = Eora(**raw["eora"]), raw["seed"], torch.device("cpu")
     text = args.calibration.read_text(encoding="utf-8")
     results: dict[str, Any] = {
         "setup": {"reference": "models/lora", "quantized": "models/gptq", "calibration": "data/calibration.txt",
