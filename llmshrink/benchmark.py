@@ -7,9 +7,6 @@ result is the median over rounds with its spread (min, max) and its ratio to the
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
-import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -25,34 +22,13 @@ from tqdm import tqdm
 from llmshrink import hardware, models
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on: CPU model and relevant flags, threads, GPU, torch version."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-               platform.processor())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    return {
-        "cpu": cpu,
-        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"}),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-    }
-
-
-# libraries whose versions a measured number depends on (distribution names)
-VERSIONED = ("torch", "transformers", "gptqmodel", "lm_eval", "gguf")
 PROVENANCE = ("commit", "hardware", "command", "date", "versions")  # the keys provenance() returns
 
 
 def provenance() -> dict[str, Any]:
     """Where a benchmark result comes from, for the top of its result file (`{**provenance(), ...}`): the commit
-    (`git rev-parse HEAD` of this checkout, "-dirty" when tracked files differ from it), the machine (`machine()`,
-    as `hardware`), the command line, the UTC date, and the versions of the libraries in VERSIONED."""
+    (`git rev-parse HEAD` of this checkout, "-dirty" when tracked files differ from it), the machine (`hardware.machine()`,
+    as `hardware`), the command line, the UTC date, and the versions of `hardware.VERSIONED`."""
     root = Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str:
@@ -65,21 +41,15 @@ def provenance() -> dict[str, Any]:
     commit = git("rev-parse", "HEAD") or "unknown (not a git checkout)"
     if git("status", "--porcelain", "--untracked-files=no"):
         commit += "-dirty"
-    versions = {}
-    for name in VERSIONED:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
     script = Path(sys.argv[0])
     if script.is_absolute() and script.is_relative_to(root):
         script = script.relative_to(root)
     return {
         "commit": commit,
-        "hardware": machine(),
+        "hardware": hardware.machine(),
         "command": shlex.join(["python", str(script), *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions,
+        "versions": hardware.versions(),
     }
 
 
@@ -193,4 +163,4 @@ def run(paths: dict[str, str | Path], dtype: str, rounds: int, prompt_tokens: in
         record["dtype"] = str(next(loaded[name].parameters()).dtype).removeprefix("torch.")
     settings = {"device": hardware.name(dev), "dtype": dtype, "rounds": rounds, "prompt_tokens": prompt_tokens,
                 "new_tokens": new_tokens, "batch_sizes": batch_sizes, "baseline": base}
-    return {"machine": machine(), "settings": settings, "checkpoints": out}
+    return {"machine": hardware.machine(), "settings": settings, "checkpoints": out}

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
                            list(p.batch_sizes))
     result["llama_cpp"] = llamacpp.compare(paths, p.rounds, p.prompt_tokens, p.new_tokens,
                                            result["machine"]["torch_threads"])
-    write_json(args.out, result)
+    write_json(args.out, hardware.stamped(result))
     for name, r in result["checkpoints"].items():
         print(f"{name:>8}: prefill {r['prefill_tok_s']:8.1f} tok/s ({r['prefill_vs_base']:.2f}x), "
               f"decode {r['decode_tok_s']:6.1f} tok/s ({r['decode_vs_base']:.2f}x)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import depth, models, timing
+from llmshrink import depth, hardware, models, timing
 from llmshrink.atomic import atomic_dir, write_json
 from llmshrink.params import load
 from llmshrink.params.depth import Prune
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     model.config.removed_layers = record["removed"]
     with atomic_dir(args.out) as tmp:
         models.save(model, AutoTokenizer.from_pretrained(args.model), tmp, dtype)
-    write_json(args.metrics, record)
+    write_json(args.metrics, hardware.stamped(record))
     print(f"{args.out}: removed layers {record['removed']} ({p.criterion}), "
           f"{record['params_before']:,} -> {record['params_after']:,} parameters")
 

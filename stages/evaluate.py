@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics["perplexity"][name] |= harness.wikitext(model, tokenizer, None if p.lm_eval == "hub" else text, p.batch_size)
     for s in metrics["qa"].pop("samples"):
         print(f"  Q: {s['question']}\n  A: {s['generated']!r} (gold {s['answer']!r})")
-    write_json(args.out, metrics)
+    write_json(args.out, hardware.stamped(metrics))
     write_json(args.items, items)
     for name, m in metrics["perplexity"].items():
         print(f"{args.model}: ppl[{name}, {m['domain']}] {m['ppl']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] "

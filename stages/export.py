@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from llmshrink import export, imatrix, models, timing
+from llmshrink import export, hardware, imatrix, models, timing
 from llmshrink.atomic import write_json
 from llmshrink.params import load
 from llmshrink.params.gguf import Export, KquantBase
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = {**export.to_gguf(args.model, args.out, p.type, matrix, types),
                    "source_bytes": models.dir_bytes(args.model)}
         metrics["vs_source"] = metrics["bytes"] / metrics["source_bytes"]
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, hardware.stamped(metrics))
     print(f"{args.out}: {metrics}")
 
 

@@ -4,7 +4,7 @@ importance matrix); every GPTQ weight is checked against the file as transformer
 import argparse
 from pathlib import Path
 
-from llmshrink import gguf_gptq, imatrix, models, timing
+from llmshrink import gguf_gptq, hardware, imatrix, models, timing
 from llmshrink.atomic import write_json
 from llmshrink.params import load, load_seed
 from llmshrink.params.gguf import GptqGguf
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = gguf_gptq.make(args.model, args.out, Path(args.imatrix) / imatrix.FILE_NAME, p, text, seed)
         metrics |= {"source_bytes": models.dir_bytes(args.model)}
         metrics["vs_source"] = metrics["bytes"] / metrics["source_bytes"]
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, hardware.stamped(metrics))
     print(f"{args.out}: {metrics}")
 
 

@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     raw = kv_study.study(model, configs, by_context, p.chunk, p.decode_tokens)
     deploy = p.context or model_config["max_position_embeddings"]
     summary = kv_study.summarize(raw, configs, p.baseline, model_config, deploy, seed)
-    write_json(args.metrics, {"model": args.model, "text": name, "dtype": dtype, "device": hardware.name(model.device),
-                              "chunk": p.chunk, "windows": p.windows, "baseline": p.baseline, "deploy_context": deploy,
-                              "configs": summary})
+    write_json(args.metrics, hardware.stamped({
+        "model": args.model, "text": name, "dtype": dtype, "device": hardware.name(model.device), "chunk": p.chunk,
+        "windows": p.windows, "baseline": p.baseline, "deploy_context": deploy, "configs": summary}))
     table = kv_study.markdown(summary, p.baseline)
     with atomic_file(args.table) as f:
         f.write(table)

@@ -4,7 +4,7 @@ import argparse
 
 from transformers import AutoTokenizer
 
-from llmshrink import models, timing
+from llmshrink import hardware, models, timing
 from llmshrink.atomic import atomic_dir, atomic_file, write_json
 from llmshrink.lora import heal, training_batches
 from llmshrink.params import load, load_seed
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         losses, metrics = healed.losses, {"enabled": True, **healed.metrics}
         print(f"{args.out}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps, "
               f"target sparsity {metrics['sparsity_before']:.3f} -> {metrics['sparsity_after']:.3f}")
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, hardware.stamped(metrics))
     with atomic_file(args.loss) as f:
         f.write("step,loss\n" + "".join(f"{i},{loss:.6f}\n" for i, loss in enumerate(losses, 1)))
 

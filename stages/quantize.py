@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from llmshrink import models, quantize, timing
+from llmshrink import hardware, models, quantize, timing
 from llmshrink.atomic import write_json
 from llmshrink.params import load, load_seed
 from llmshrink.params.gptq import Gptq
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         text = Path(args.calibration).read_text(encoding="utf-8")
         metrics = quantize.gptq(args.model, args.out, p, text, seed)
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, hardware.stamped(metrics))
     print(f"{args.out}: {metrics}")
 
 

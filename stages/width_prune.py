@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     p, s, seed = load(Wanda), load(Structured), load_seed()
     if not p.enabled and not s.enabled:
-        write_json(args.metrics, models.passthrough(args.model, args.out))
+        write_json(args.metrics, hardware.stamped(models.passthrough(args.model, args.out)))
         print(f"{args.out}: copy of {args.model} (wanda.enabled=false, structured shares 0)")
         return
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_dir(args.out) as tmp:
         models.save(model, tokenizer, tmp, dtype)
     metrics = wanda.report(p, pruned) if p.enabled else {"enabled": False}  # counted after the cast to the saved dtype
-    write_json(args.metrics, {**metrics, **({"structured": shrunk} if s.enabled else {})})
+    write_json(args.metrics, hardware.stamped({**metrics, **({"structured": shrunk} if s.enabled else {})}))
     if p.enabled:
         print(f"{args.out}: {p.name}, sparsity {metrics['sparsity']:.4f} over {len(pruned)} modules")
 
