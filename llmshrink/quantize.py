@@ -220,7 +220,7 @@ def eora(reference: str | Path, quantized: str | Path, out: str | Path, p: Eora,
     from gptqmodel.adapter.adapter import Lora
 
     with atomic_dir(out) as tmp, scratch(out):
-        shutil.copytree(quantized, tmp, dirs_exist_ok=True)
+        shutil.copytree(quantized, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)  # writable copies
         # GPTQModel torch.compiles the dequantization it calls once per layer here: eager is faster.
         with torch._dynamo.config.patch(disable=True), eigh_once():
             GPTQModel.adapter.generate(
