@@ -69,7 +69,8 @@ def test_every_result_records_where_it_came_from(result: Path) -> None:
 
 
 def test_provenance_names_commit_machine_command_date_and_versions() -> None:
-    from llmshrink.benchmark import PROVENANCE, VERSIONED, provenance
+    from llmshrink.benchmark import PROVENANCE, provenance
+    from llmshrink.hardware import VERSIONED
 
     record = provenance()
     assert tuple(record) == PROVENANCE
