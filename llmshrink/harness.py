@@ -142,7 +142,7 @@ def batched_hflm() -> type:
                     for context, members in groups.items()]
             rows.sort(key=lambda row: -len(row[0]))
             decoder, head = self.model.get_decoder(), family.head(self.model)
-            dtype = next(self.model.parameters()).dtype
+            dtype = self.model.dtype
             out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
             for start in tqdm(range(0, len(rows), size), desc="loglikelihood batches", disable=disable_tqdm):
                 width = len(rows[start][0])
