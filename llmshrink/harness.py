@@ -44,7 +44,8 @@ def batched_hflm() -> type:
     a multiple-choice item's choices, run as one packed row (`_grouped`): the context once, then each
     continuation's input tokens, each attending to the context and to itself only, its positions following the
     context's, as if it ran alone; the head and log-softmax run only at the positions scored. Rows are sorted by
-    length, `batch_size` rows a batch. Without packing (`grouped = False`, attention other than sdpa or eager,
+    length, a batch as many tokens as `batch_size` rows of the median length (less padding than `batch_size` rows
+    when lengths spread, as PIQA's beside ARC's). Without packing (`grouped = False`, attention other than sdpa or eager,
     mixed precision, or inputs longer than a sliding window) each request runs as its own right-padded row
     (`_per_request`). Empty contexts, seq2seq models and `batch_size="auto"` take HFLM's own path."""
     from lm_eval.models.huggingface import HFLM
@@ -141,16 +142,20 @@ def batched_hflm() -> type:
             rows = [([*context, *(t for i in members for t in requests[i][2][:-1])], len(context), members)
                     for context, members in groups.items()]
             rows.sort(key=lambda row: -len(row[0]))
+            budget = size * len(rows[len(rows) // 2][0])  # tokens a batch: `size` rows of the median length
+            starts = [0]
+            while starts[-1] < len(rows):
+                starts.append(starts[-1] + max(1, budget // len(rows[starts[-1]][0])))
             decoder, head = self.model.get_decoder(), family.head(self.model)
             dtype = self.model.dtype
             out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-            for start in tqdm(range(0, len(rows), size), desc="loglikelihood batches", disable=disable_tqdm):
+            for start, end in tqdm(list(zip(starts, starts[1:])), desc="loglikelihood batches", disable=disable_tqdm):
                 width = len(rows[start][0])
                 ids, block, pos, at, use, targets, owner, idx = [], [], [], [], [], [], [], []
-                for r, (row, n_context, members) in enumerate(rows[start : start + size]):
+                for r, (row, n_context, members) in enumerate(rows[start:end]):
                     pad = width - len(row)
                     ids += row + [0] * pad
-                    pos += [*range(n_context)]
+                    pos += range(n_context)
                     block += [0] * n_context
                     first = next_ = len(at)  # at: the flat positions scored, the context's last one first
                     at += range(r * width + n_context - 1, r * width + len(row))
