@@ -11,8 +11,8 @@ one row per request runs), the median over rounds, and its ratio to the perplexi
 round (the median ratio; only ratios compare on a shared machine).
 
 Writes benchmarks/results/eval_throughput.json. Usage:
-    python benchmarks/eval_throughput.py [--windows 16] [--seq-len 512] [--batch-size 32] [--choice-items 32]
-        [--rounds 3]
+    python benchmarks/eval_throughput.py [--windows 16] [--seq-len 512] [--batch-size 32] [--choice-items 8]
+        [--rounds 7]
 """
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ def choice_throughput(model: torch.nn.Module, tokenizer: Any, chunks: list[torch
             **{f"{name}_tok_s": statistics.median(v) for name, v in rounds.items()},
             **{f"{name}_vs_perplexity": statistics.median(t / p for t, p in zip(rounds[name], rounds["perplexity"]))
                for name in ("per_request", "grouped")},
-            "grouped_vs_per_request": statistics.median(g / o for g, o in zip(rounds["grouped"], rounds["per_request"])),
+            "grouped_vs_per_request": statistics.median(g / o for g, o in zip(rounds["grouped"],
+                                                                               rounds["per_request"])),
             "max_abs_loglikelihood_diff": diff,
             "greedy_equal": [g for _, g in lls["per_request"]] == [g for _, g in lls["grouped"]]}
 
@@ -89,8 +90,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--choice-items", type=int, default=32, help="items per multiple-choice task")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved multiple-choice / perplexity rounds")
+    parser.add_argument("--choice-items", type=int, default=8, help="items per multiple-choice task")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved multiple-choice / perplexity rounds")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     base, tokenizer = models.load_embedded()

@@ -45,8 +45,8 @@ def batched_hflm() -> type:
     continuation's input tokens, each attending to the context and to itself only, its positions following the
     context's, as if it ran alone; the head and log-softmax run only at the positions scored. Rows are sorted by
     length, a batch as many tokens as `batch_size` rows of the median length (less padding than `batch_size` rows
-    when lengths spread, as PIQA's beside ARC's). Without packing (`grouped = False`, attention other than sdpa or eager,
-    mixed precision, or inputs longer than a sliding window) each request runs as its own right-padded row
+    when lengths spread, as PIQA's beside ARC's). Without packing (`grouped = False`, attention other than sdpa or
+    eager, mixed precision, or inputs longer than a sliding window) each request runs as its own right-padded row
     (`_per_request`). Empty contexts, seq2seq models and `batch_size="auto"` take HFLM's own path."""
     from lm_eval.models.huggingface import HFLM
     from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
@@ -176,7 +176,8 @@ def batched_hflm() -> type:
                     (block[:, None, :] == 0) | (block[:, None, :] == block[:, :, None]))
                 mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill_(
                     ~allowed, torch.finfo(dtype).min)[:, None]
-                hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+                hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+                hidden = hidden.last_hidden_state
                 logits = head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, tensor(at)))
                 for i, result in zip(idx, self._sums(logits, tensor(use), tensor(targets), tensor(owner), len(idx))):
                     out[i] = result
