@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from llmshrink import depth, models
+from llmshrink import depth, sources
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.calib import token_windows, tokenize
@@ -51,7 +51,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     started = time.perf_counter()
 
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     model.eval()
     calib = token_windows(tokenizer, (DATA / "valid_tokens.txt").read_text(encoding="utf-8"), args.samples, args.seq_len, args.seed)
     test_text = "\n\n".join(json.loads((DATA / "test_rows.json").read_text(encoding="utf-8")))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from llmshrink import depth, models
+from llmshrink import depth, sources
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.calib import token_windows
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=SEQ_LEN, help="calibration window length")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     model.eval()
     calib = token_windows(tokenizer, (DATA / "valid_tokens.txt").read_text(encoding="utf-8"), args.samples, args.seq_len,
                           seed=0)

@@ -27,7 +27,7 @@ import torch
 from lm_eval.tasks import TaskManager, get_task_dict
 from transformers import AutoTokenizer
 
-from llmshrink import benchmark, choice, hardware, harness, models
+from llmshrink import benchmark, choice, hardware, harness, models, sources
 from llmshrink.atomic import write_json
 from llmshrink.perplexity import token_ids, window_nll, windows
 
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved multiple-choice / perplexity rounds")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    base, tokenizer = models.load_embedded()
+    base, tokenizer = sources.load_embedded()
     tmp = ROOT / "benchmarks" / "work" / "embedded"
     if not (tmp / "config.json").exists():
         models.save(base, tokenizer, tmp, "float32")

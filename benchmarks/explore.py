@@ -17,10 +17,13 @@ from typing import Any, Iterator
 import torch
 from tqdm import tqdm
 
-from llmshrink import explore, models, params
+from llmshrink import explore, sources
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.data import qa_record
+from llmshrink.params import load
+from llmshrink.params.evaluation import Eval
+from llmshrink.params.explore import Explore
 from llmshrink.perplexity import token_ids, windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +57,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
-    e = dataclasses.replace(params.load("eval", ROOT / "params.yaml"), seq_len=512, max_windows=args.windows,
+    e = dataclasses.replace(load(Eval, ROOT / "params.yaml"), seq_len=512, max_windows=args.windows,
                             limit=args.questions, batch_size=args.batch_size, dtype="float32")
-    p = params.load("explore", ROOT / "params.yaml")
+    p = load(Explore, ROOT / "params.yaml")
     orders = explore.orders(p, 30)
     text = "\n\n".join(json.loads((DATA / "wikitext2" / "test_rows.json").read_text(encoding="utf-8")))
     lines = (DATA / "triviaqa" / "validation.jsonl").read_text(encoding="utf-8").splitlines()[: args.questions]
@@ -64,7 +67,7 @@ def main() -> None:
                for r in map(json.loads, lines)]
 
     torch.manual_seed(0)
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     model.eval()
     start = time.perf_counter()
     # explore.explore without its timing-free rows: the same windows and per-configuration explore.score, each

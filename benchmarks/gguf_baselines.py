@@ -23,10 +23,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from llmshrink import export, gguf_gptq, imatrix, kl, models, params, quantize, stats
-from llmshrink.compare import committed, paired, score
+from llmshrink import export, gguf_gptq, imatrix, kl, quantize, sources, stats
 from llmshrink.atomic import atomic_file, write_json
 from llmshrink.benchmark import provenance
+from llmshrink.compare import committed, paired, score
+from llmshrink.params import load, read
+from llmshrink.params.evaluation import Eval
+from llmshrink.params.gguf import GptqGguf
+from llmshrink.params.gptq import Gptq
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "gguf_baselines"
@@ -78,10 +82,10 @@ def calibration(inputs: Path, mixed: bool) -> str:
 
 def make(name: str, inputs: Path, tmp: Path) -> Path:
     """The checkpoint folder of variant `name` from the pipeline outputs under `inputs`, written under `tmp`."""
-    raw = params.read(ROOT / "params.yaml")
+    raw = read(ROOT / "params.yaml")
     out = tmp / name.replace(" ", "_").replace(",", "").replace("+", "")
     if name in GPTQMODEL:
-        p = dataclasses.replace(params.Gptq(**raw["gptq"]), **GPTQMODEL[name])
+        p = dataclasses.replace(Gptq(**raw["gptq"]), **GPTQMODEL[name])
         quantize.gptq(inputs / "models" / "base", out, p, calibration(inputs, False), raw["seed"])
         return out
     source, maker, file_type, use_imatrix, embedding = VARIANTS[name]
@@ -89,12 +93,12 @@ def make(name: str, inputs: Path, tmp: Path) -> Path:
     matrix = inputs / "results" / "imatrix" / source / imatrix.FILE_NAME if use_imatrix else None
     if maker == "wheel":
         out.mkdir()
-        (out / export.GGUF_NAME).symlink_to(models.embedded_gguf())
+        (out / export.GGUF_NAME).symlink_to(sources.embedded_gguf())
     elif maker == "llama.cpp":
         types = {} if embedding == "auto" else {"token_embd": embedding, "output": embedding}
         export.to_gguf(src, out, file_type, matrix, types)
     else:
-        p = dataclasses.replace(params.GptqGguf(**raw["gptq_gguf"]), method="gptq", type=file_type,
+        p = dataclasses.replace(GptqGguf(**raw["gptq_gguf"]), method="gptq", type=file_type,
                                 embedding_type=embedding, budget=None,
                                 embedding_gptq=maker.endswith("+head"))
         gguf_gptq.make(src, out, matrix, p, calibration(inputs, maker.endswith("+mixed")), raw["seed"])
@@ -125,7 +129,7 @@ def main() -> None:
     ap.add_argument("--inputs", type=Path, default=ROOT,
                     help="folder holding the pipeline's models/, results/ and data/ (a copy, while a repro runs)")
     args = ap.parse_args()
-    p = params.load("eval", ROOT / "params.yaml")
+    p = load(Eval, ROOT / "params.yaml")
     texts = json.loads((args.inputs / "data" / "perplexity.json").read_text())
     ref = kl.load_reference(args.inputs / "results" / "reference.safetensors")
     previous = json.loads(OUT.with_suffix(".json").read_text()) if OUT.with_suffix(".json").is_file() else {}
@@ -141,7 +145,7 @@ def main() -> None:
     print(write(rows, windows, p, ref))
 
 
-def write(rows: dict[str, Any], windows: dict[str, Any], p: params.Eval, ref: tuple) -> str:
+def write(rows: dict[str, Any], windows: dict[str, Any], p: Eval, ref: tuple) -> str:
     """The result JSON and its Markdown table; returns the table."""
     result = {**provenance(), "eval": {"seq_len": p.seq_len, "max_windows": p.max_windows,
                                        "top_k": ref[0]["indices"].shape[-1]},

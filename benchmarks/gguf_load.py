@@ -6,7 +6,7 @@ check, tokenizer and weights, three ways side by side in one process, alternatin
   the model;
 - `config_cached` (commit 04a9af9): the config parsed once per process and passed to the model; the tokenizer
   and the weights still parse the file;
-- `parsed_once` (`models` now): one parse per process and file (`models.gguf_reader`) serves config, tokenizer
+- `parsed_once` (`llmshrink/gguf_files.py` now): one parse per process and file (`gguf_reader`) serves config, tokenizer
   and weights, and the name map is built once.
 
 Identical weights and tokens are asserted.
@@ -31,7 +31,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufCo
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmshrink import export, models  # noqa: E402
+from llmshrink import export, gguf_files, models, sources  # noqa: E402
 from llmshrink.benchmark import PROVENANCE, provenance  # noqa: E402
 
 TEXT = "The export is scored with the tokenizer inside its file."
@@ -39,7 +39,7 @@ TEXT = "The export is scored with the tokenizer inside its file."
 
 def load_with_transformers(path: Path, share_config: bool = False) -> tuple[Any, torch.nn.Module]:
     """transformers' own API; with `share_config`, the config of the check is passed on to the model."""
-    name = models.gguf_file(path)
+    name = gguf_files.gguf_file(path)
     config = AutoConfig.from_pretrained(path, gguf_file=name)
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=name)
     shared = {"config": config} if share_config else {}
@@ -59,15 +59,15 @@ PATHS = {"transformers": load_with_transformers,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="embedded", choices=["embedded", *models.SHAPES])
+    parser.add_argument("--shape", default="embedded", choices=["embedded", *sources.SHAPES])
     parser.add_argument("--tokenizer", default="", help="a saved tokenizer folder (random shapes)")
     parser.add_argument("--rounds", type=int, default=2, help="each path this many times, alternating")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gguf_load.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "src", Path(tmp) / "export"
-        model, tokenizer = models.load_embedded() if args.shape == "embedded" else \
-            models.shaped_model(args.shape, 0, args.tokenizer)
+        model, tokenizer = sources.load_embedded() if args.shape == "embedded" else \
+            sources.shaped_model(args.shape, 0, args.tokenizer)
         models.save(model, tokenizer, src, "bfloat16")
         del model
         export.to_gguf(src, out, "q4_0")
@@ -75,7 +75,7 @@ def main() -> None:
         reference = None
         for _ in range(args.rounds):
             for name, load in PATHS.items():
-                models._gguf_config.cache_clear(), models._gguf_reader.cache_clear()
+                gguf_files._gguf_config.cache_clear(), gguf_files._gguf_reader.cache_clear()
                 start = time.perf_counter()
                 tokenizer, model = load(out)
                 times[name].append(round(time.perf_counter() - start, 2))

@@ -14,10 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from llmshrink import models, params, quantize, wanda
+from llmshrink import models, quantize, sources, wanda
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.calib import token_windows
+from llmshrink.params import read
+from llmshrink.params.gptq import Gptq
+from llmshrink.params.width import Wanda
 from llmshrink.perplexity import text_perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,11 +37,11 @@ def main() -> None:
     ap.add_argument("--max-windows", type=int, default=MAX_WINDOWS, help="512-token perplexity windows")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    raw = params.read(ROOT / "params.yaml")
+    raw = read(ROOT / "params.yaml")
     seed = raw["seed"]
-    s = params.Wanda(**{**raw["wanda"], "enabled": True, "pattern": "1:8", "samples": args.samples,
+    s = Wanda(**{**raw["wanda"], "enabled": True, "pattern": "1:8", "samples": args.samples,
                         "seq_len": args.seq_len})
-    gptq_p = params.Gptq(**{**raw["gptq"], "enabled": True, "bits": 4, "group_size": 64, "samples": args.samples,
+    gptq_p = Gptq(**{**raw["gptq"], "enabled": True, "bits": 4, "group_size": 64, "samples": args.samples,
                             "seq_len": args.seq_len})
     valid = (DATA / "valid_tokens.txt").read_text(encoding="utf-8")
     test_text = "\n\n".join(json.loads((DATA / "test_rows.json").read_text(encoding="utf-8")))
@@ -46,7 +49,7 @@ def main() -> None:
     def ppl(model) -> float:
         return round(text_perplexity(model, tokenizer, test_text, SEQ_LEN, BATCH, args.max_windows)["ppl"], 3)
 
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     model.eval()
     pruned = wanda.prune(model, token_windows(tokenizer, valid, s.samples, s.seq_len, seed), s)
     settings = {k: v for k, v in dataclasses.asdict(gptq_p).items() if k != "keep_sparsity"}

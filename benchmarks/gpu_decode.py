@@ -19,18 +19,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gpu_pipeline import eval_throughput  # noqa: E402
-from llmshrink import benchmark, hardware, models  # noqa: E402
+from llmshrink import benchmark, hardware, sources  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="llama-3.2-1b", choices=list(models.SHAPES))
+    parser.add_argument("--shape", default="llama-3.2-1b", choices=list(sources.SHAPES))
     parser.add_argument("--tokenizer", required=True, help="a saved tokenizer folder")
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32], help="scoring windows per batch")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_decode.json")
     args = parser.parse_args()
     dev = hardware.device()
-    model, _ = models.shaped_model(args.shape, 0, args.tokenizer)
+    model, _ = sources.shaped_model(args.shape, 0, args.tokenizer)
     model = model.to(dev, hardware.DTYPES[hardware.resolve_dtype("auto", dev)]).eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0)).to(dev)
     eager = [32 / benchmark.prefill_decode(model, prompt, 32)[1] for _ in range(4)][1:]

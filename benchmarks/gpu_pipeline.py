@@ -29,8 +29,7 @@ from ruamel.yaml import YAML
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmshrink import benchmark, hardware, models  # noqa: E402
-from llmshrink.params import read  # noqa: E402
+from llmshrink import benchmark, hardware, models, sources  # noqa: E402
 from llmshrink.perplexity import window_nll  # noqa: E402
 
 H200_BF16_DENSE_PEAK = 989.4e12  # FLOP/s, the datasheet's dense bf16 rate (H100/H200 SXM)
@@ -175,7 +174,7 @@ def write_run(out: Path, run: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="llama-3.2-1b", choices=["tiny", *models.SHAPES])
+    parser.add_argument("--shape", default="llama-3.2-1b", choices=["tiny", *sources.SHAPES])
     parser.add_argument("--assets", type=Path, required=True)
     parser.add_argument("--profile", type=Path, default=ROOT / "profiles" / "gpu.txt", help="section.key=value lines")
     parser.add_argument("--work", type=Path, default=Path("/tmp/llmshrink-gpu"))
@@ -233,6 +232,8 @@ def main() -> None:
         run["decode_tok_s_b1"] = bench["base"].get("decode_tok_s_compiled")
         run["decode_tok_s_b1_eager"] = bench["base"]["decode_tok_s"]
         run["decode_tok_s"] = {name: {k: v for k, v in b.items() if k.startswith("decode_tok_s")} for name, b in bench.items()}
+        for name in ("gptq", "eora"):  # batch-1 decode, compiled, against the base's
+            run[f"{name}_decode_vs_base"] = bench.get(name, {}).get("decode_vs_base_compiled")
     if (ws / "metrics" / "eval" / "eora.json").exists():
         run["gptq_kernel"] = json.loads((ws / "metrics" / "eval" / "gptq.json").read_text()).get("gptq_kernel")
         run["eval"] = {name: json.loads((ws / "metrics" / "eval" / f"{name}.json").read_text())["size"]

@@ -19,9 +19,12 @@ from pathlib import Path
 from dvc.utils.hydra import apply_overrides
 from transformers import AutoTokenizer
 
-from llmshrink import hardware, kv_cache, llamacpp, models, params
+from llmshrink import gguf_files, hardware, kv_cache, kv_study, llamacpp, models
 from llmshrink.atomic import atomic_file, write_json
 from llmshrink.benchmark import provenance
+from llmshrink.params import load
+from llmshrink.params.evaluation import Eval
+from llmshrink.params.kv import Kv
 from llmshrink.perplexity import token_ids, windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,14 +32,14 @@ OUT = ROOT / "benchmarks" / "results" / "kv_cache.json"
 GGUF_TYPES = ("f16", "q8_0", "q4_0")  # llama.cpp's --cache-type-k / -v
 
 
-def kv_params(profile: Path | None) -> params.Kv:
+def kv_params(profile: Path | None) -> Kv:
     """The `kv` section of params.yaml with the profile's `-S` overrides applied, as `dvc exp run -S` applies them."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "params.yaml"
         shutil.copy(ROOT / "params.yaml", path)
         if profile:
             apply_overrides(str(path), profile.read_text(encoding="utf-8").split())
-        return params.load("kv", path)
+        return load(Kv, path)
 
 
 def llama_bench(gguf: Path, depths: list[int], tokens: int, threads: int) -> list[dict]:
@@ -82,16 +85,16 @@ def main() -> None:
     name, text = next((n, t["text"]) for n, t in texts.items() if t["domain"] == "out")
     ids = token_ids(AutoTokenizer.from_pretrained(args.model), text)
     by_context = {c: windows(ids, c, p.windows) for c in p.contexts}
-    dtype = hardware.resolve_dtype(params.load("eval", ROOT / "params.yaml").dtype)
+    dtype = hardware.resolve_dtype(load(Eval, ROOT / "params.yaml").dtype)
     model = models.load(args.model, dtype)
 
     start = time.perf_counter()
-    raw = kv_cache.study(model, configs, by_context, p.chunk, p.decode_tokens)
+    raw = kv_study.study(model, configs, by_context, p.chunk, p.decode_tokens)
     deploy = p.context or model_config["max_position_embeddings"]
-    summary = kv_cache.summarize(raw, configs, p.baseline, model_config, deploy, seed=0)
-    gguf = models.gguf_file(args.gguf) if args.gguf.is_dir() else None
+    summary = kv_study.summarize(raw, configs, p.baseline, model_config, deploy, seed=0)
+    gguf = gguf_files.gguf_file(args.gguf) if args.gguf.is_dir() else None
     bench = llama_bench(args.gguf / gguf, [0, *p.contexts], p.decode_tokens * 4, 2) if gguf else []
-    table = kv_cache.markdown(summary, p.baseline)
+    table = kv_study.markdown(summary, p.baseline)
     write_json(args.out, {
         **provenance(),
         "model": f"{args.model} ({model_config['num_hidden_layers']} layers, {dtype})",

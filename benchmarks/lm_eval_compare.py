@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from llmshrink import hardware, harness, models, qa
+from llmshrink import hardware, harness, qa, sources
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.calib import tokenize
@@ -109,7 +109,7 @@ def main() -> None:
     torch.manual_seed(0)
     dev = hardware.device()
     dtype = hardware.resolve_dtype("auto", dev)
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     model = model.to(dev, hardware.DTYPES[dtype]).eval()
     tm, t_index = timed(TaskManager)
     result = {

@@ -19,9 +19,12 @@ from typing import Any, Iterator
 
 import torch
 
-from llmshrink import calib, depth, lora, models, params, wanda
+from llmshrink import calib, depth, lora, sources, wanda
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
+from llmshrink.params import read
+from llmshrink.params.lora import Lora
+from llmshrink.params.width import Wanda
 from llmshrink.perplexity import perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,12 +59,12 @@ def main() -> None:
     ap.add_argument("--data", default=str(DATA), help="folder with test_rows.json and valid_tokens.txt")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lora.json"))
     args = ap.parse_args()
-    raw = params.read(ROOT / "params.yaml")
+    raw = read(ROOT / "params.yaml")
     seed = raw["seed"]  # the one seed (formerly lora.seed and the WANDA calibration's params seed)
-    p = params.Lora(**{**raw["lora"], "enabled": True, **({"steps": args.steps} if args.steps else {})})
+    p = Lora(**{**raw["lora"], "enabled": True, **({"steps": args.steps} if args.steps else {})})
     started = time.perf_counter()
 
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     model.eval()
     data = Path(args.data)
     test_ids = calib.tokenize(tokenizer, "\n\n".join(json.loads((data / "test_rows.json").read_text())))
@@ -74,7 +77,7 @@ def main() -> None:
     results = {"base": ppl()}
     depth.prune(model, REMOVED)
     results["depth"] = ppl()
-    s = params.Wanda(**{**raw["wanda"], "enabled": True, "pattern": "1:8"})
+    s = Wanda(**{**raw["wanda"], "enabled": True, "pattern": "1:8"})
     pruned = wanda.prune(model, calib.token_windows(tokenizer, valid, s.samples, s.seq_len, seed), s)
     results["width (before healing)"] = ppl()
     sparsity_all = wanda.report(s, pruned)["sparsity"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import models
+from llmshrink import sources
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.calib import tokenize
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--max-windows", type=int, default=MAX_WINDOWS, help="512-token windows per protocol")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     model.eval()
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)

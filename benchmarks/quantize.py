@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
-from llmshrink import hardware, models, params, quantize
+from llmshrink import hardware, models, quantize, sources
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
 from llmshrink.calib import tokenize
+from llmshrink.params import read
+from llmshrink.params.gptq import Eora, Gptq
 from llmshrink.perplexity import perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,9 +46,9 @@ def main() -> None:
     ap.add_argument("--max-windows", type=int, default=MAX_WINDOWS, help="512-token perplexity windows")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    raw = params.read(ROOT / "params.yaml")
-    gptq_p = params.Gptq(**{**raw["gptq"], "enabled": True, "bits": 4, "group_size": 64})
-    eora_p = params.Eora(**{**raw["eora"], "enabled": True, "rank": 32})
+    raw = read(ROOT / "params.yaml")
+    gptq_p = Gptq(**{**raw["gptq"], "enabled": True, "bits": 4, "group_size": 64})
+    eora_p = Eora(**{**raw["eora"], "enabled": True, "rank": 32})
     if args.samples:
         gptq_p = dataclasses.replace(gptq_p, samples=args.samples)
         eora_p = dataclasses.replace(eora_p, samples=args.samples)
@@ -62,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ref_dir, bf16_dir, gptq_dir, eora_dir = (Path(tmp) / n for n in ("fp32", "bf16", "gptq", "eora"))
         start = time.perf_counter()
-        model, tokenizer = models.load_embedded()  # drops the GGUF file's quantization_config
+        model, tokenizer = sources.load_embedded()  # drops the GGUF file's quantization_config
         models.save(model, tokenizer, ref_dir, "float32")
         models.save(model, tokenizer, bf16_dir, "bfloat16")
         seconds = time.perf_counter() - start

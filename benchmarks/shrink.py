@@ -20,9 +20,14 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
-from llmshrink import benchmark, hardware, lora, models, params, quantize, stats, structured
+from llmshrink import benchmark, hardware, lora, models, quantize, stats, structured
 from llmshrink.atomic import atomic_dir, write_json
 from llmshrink.calib import token_windows
+from llmshrink.params import load, load_seed, read
+from llmshrink.params.evaluation import Eval
+from llmshrink.params.gptq import Gptq
+from llmshrink.params.lora import Lora
+from llmshrink.params.width import Structured
 from llmshrink.perplexity import text_perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +49,7 @@ def build(name: str, raw: dict[str, Any], args: argparse.Namespace, tokenizer: A
     shares, loss = RECIPES[name]
     work, record = args.work / name, {"params": {}, "seconds": {}}
     calibration = (args.data / "calibration.txt").read_text(encoding="utf-8")
-    s = params.Structured(**{**raw["structured"], **shares})
+    s = Structured(**{**raw["structured"], **shares})
     dense = args.base
     t0 = time.perf_counter()
     if s.enabled:
@@ -56,7 +61,7 @@ def build(name: str, raw: dict[str, Any], args: argparse.Namespace, tokenizer: A
         record["seconds"]["prune"] = time.perf_counter() - t0
         if loss:
             t0 = time.perf_counter()
-            p = params.Lora(**{**raw["lora"], "method": "full", "distill": 1.0 if loss == "kd" else 0.0,
+            p = Lora(**{**raw["lora"], "method": "full", "distill": 1.0 if loss == "kd" else 0.0,
                                "temperature": args.temperature, "lr": args.lr, "steps": args.steps,
                                "batch_size": args.batch_size, "seq_len": args.seq_len, "dataset": "wikitext",
                                "keep_sparsity": False})
@@ -71,7 +76,7 @@ def build(name: str, raw: dict[str, Any], args: argparse.Namespace, tokenizer: A
         dense = work / "dense"
         with atomic_dir(dense) as tmp:
             models.save(model, tokenizer, tmp, models.saved_dtype(args.base))
-    g = params.Gptq(**{**raw["gptq"], "keep_sparsity": False})
+    g = Gptq(**{**raw["gptq"], "keep_sparsity": False})
     t0 = time.perf_counter()
     quantize.gptq(dense, work / "gptq", g, calibration, seed)
     record["params"]["gptq"] = {k: getattr(g, k) for k in (*quantize.QUANT_KEYS, "samples", "seq_len")}
@@ -79,7 +84,7 @@ def build(name: str, raw: dict[str, Any], args: argparse.Namespace, tokenizer: A
     return record
 
 
-def perplexities(path: Path, tokenizer: Any, texts: dict[str, Any], dtype: str, e: params.Eval) -> dict[str, Any]:
+def perplexities(path: Path, tokenizer: Any, texts: dict[str, Any], dtype: str, e: Eval) -> dict[str, Any]:
     """Perplexity of the in- and out-of-domain texts with per-window NLL (for intervals)."""
     model = models.load(path, dtype)
     out = {domain: text_perplexity(model, tokenizer, texts[name]["text"], e.seq_len, e.batch_size, e.max_windows)
@@ -107,8 +112,8 @@ def main() -> None:
     args = ap.parse_args()
 
     started = time.perf_counter()
-    raw = params.read(ROOT / "params.yaml")
-    seed, e = params.load("seed", ROOT / "params.yaml"), params.load("eval", ROOT / "params.yaml")
+    raw = read(ROOT / "params.yaml")
+    seed, e = load_seed(ROOT / "params.yaml"), load(Eval, ROOT / "params.yaml")
     tokenizer = AutoTokenizer.from_pretrained(args.base)
     teacher = models.load(args.base, "float32")
     built = {}

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
-from llmshrink import calib, hardware, models, params, wanda
+from llmshrink import calib, hardware, sources, wanda
 from llmshrink.atomic import write_json
 from llmshrink.benchmark import provenance
+from llmshrink.params import MODULES
+from llmshrink.params.width import Wanda
 from llmshrink.perplexity import perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ CONFIGS = ["dense", "1:8", "2:4", "4:8", "unstructured", "magnitude 2:4"]
 UNSTRUCTURED = "unstructured:0.5"  # the config `unstructured`: half of each row (formerly wanda.sparsity 0.5)
 
 
-def magnitude_nm(model: torch.nn.Module, s: params.Wanda) -> dict[str, torch.nn.Linear]:
+def magnitude_nm(model: torch.nn.Module, s: Wanda) -> dict[str, torch.nn.Linear]:
     """Baseline: zero the n smallest |W| of every m inputs (WANDA with all input norms equal)."""
     pruned = wanda.targets(model, s)
     with torch.no_grad():
@@ -47,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
 
     started = time.perf_counter()
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     model.eval()
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     valid = (DATA / "valid_tokens.txt").read_text(encoding="utf-8")
@@ -60,7 +62,7 @@ def main() -> None:
         model.load_state_dict(dense_state)
         pattern = config.removeprefix("magnitude ")
         pattern = UNSTRUCTURED if pattern == "unstructured" else pattern
-        s = params.Wanda(enabled=True, pattern=pattern, modules=params.MODULES, dense_layers=(),
+        s = Wanda(enabled=True, pattern=pattern, modules=MODULES, dense_layers=(),
                          samples=args.samples, seq_len=args.seq_len) if config != "dense" else None
         t0 = time.perf_counter()
         if s is None:
@@ -79,7 +81,7 @@ def main() -> None:
     write_json(args.out, {
         **provenance(),
         "model": "SmolLM2-135M-Instruct (embedded GGUF Q4_1, dequantized to float32)",
-        "modules": list(params.MODULES),
+        "modules": list(MODULES),
         "calibration": {"text": "wikitext2/valid_tokens.txt", "samples": args.samples, "seq_len": args.seq_len, "seed": 0},
         "perplexity": {"text": "wikitext2/test_rows.json joined by blank lines", "seq_len": args.eval_seq_len,
                        "windows": len(chunks), "tokens_scored": n_tokens, "dtype": args.eval_dtype},

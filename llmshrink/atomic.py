@@ -122,7 +122,7 @@ def scratch(path: str | Path) -> Iterator[Path]:
 def copy_dir(src: str | Path, out: str | Path) -> None:
     """Copy the folder `src` (a checkpoint) to `out`, atomically."""
     with atomic_dir(out) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)  # writable: DVC links are read-only
 
 
 def write_json(path: str | Path, obj: Any) -> None:

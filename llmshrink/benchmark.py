@@ -7,9 +7,6 @@ result is the median over rounds with its spread (min, max) and its ratio to the
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
-import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -25,34 +22,13 @@ from tqdm import tqdm
 from llmshrink import hardware, models
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on: CPU model and relevant flags, threads, GPU, torch version."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-               platform.processor())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    return {
-        "cpu": cpu,
-        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"}),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-    }
-
-
-# libraries whose versions a measured number depends on (distribution names)
-VERSIONED = ("torch", "transformers", "gptqmodel", "lm_eval", "gguf")
 PROVENANCE = ("commit", "hardware", "command", "date", "versions")  # the keys provenance() returns
 
 
 def provenance() -> dict[str, Any]:
     """Where a benchmark result comes from, for the top of its result file (`{**provenance(), ...}`): the commit
-    (`git rev-parse HEAD` of this checkout, "-dirty" when tracked files differ from it), the machine (`machine()`,
-    as `hardware`), the command line, the UTC date, and the versions of the libraries in VERSIONED."""
+    (`git rev-parse HEAD` of this checkout, "-dirty" when tracked files differ from it), the machine (`hardware.machine()`,
+    as `hardware`), the command line, the UTC date, and the versions of `hardware.VERSIONED`."""
     root = Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str:
@@ -65,21 +41,15 @@ def provenance() -> dict[str, Any]:
     commit = git("rev-parse", "HEAD") or "unknown (not a git checkout)"
     if git("status", "--porcelain", "--untracked-files=no"):
         commit += "-dirty"
-    versions = {}
-    for name in VERSIONED:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
     script = Path(sys.argv[0])
     if script.is_absolute() and script.is_relative_to(root):
         script = script.relative_to(root)
     return {
         "commit": commit,
-        "hardware": machine(),
+        "hardware": hardware.machine(),
         "command": shlex.join(["python", str(script), *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions,
+        "versions": hardware.versions(),
     }
 
 
@@ -110,7 +80,8 @@ def prefill_decode(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int
 def compiled_decode_tok_s(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, rounds: int = 3) -> float:
     """Greedy decode tokens/s at batch 1 the way a deployment runs it on a GPU (gpt-fast, vLLM): a static KV
     cache and the one-token forward compiled once into CUDA graphs (`torch.compile(mode="reduce-overhead")`),
-    the next token picked on the device; the median of `rounds` after warm-up (compile and capture)."""
+    the next token and its position kept on the device (a position made on the host each step would make the
+    host wait for the GPU every token); the median of `rounds` after warm-up (compile and capture)."""
     from transformers import StaticCache
 
     dev, length = prompt.device, prompt.shape[1]
@@ -123,9 +94,10 @@ def compiled_decode_tok_s(model: torch.nn.Module, prompt: torch.Tensor, new_toke
         token = logits[:, -1:].argmax(-1)
         sync(dev)
         start = time.perf_counter()
-        for i in range(new_tokens):
-            position = torch.tensor([length + i], device=dev)
+        position = torch.tensor([length], device=dev)
+        for _ in range(new_tokens):  # nothing here waits for the GPU: the host queues the next step meanwhile
             token = step(token, past_key_values=cache, cache_position=position).logits[:, -1:].argmax(-1)
+            position += 1
         sync(dev)
         return new_tokens / (time.perf_counter() - start)
 
@@ -184,9 +156,11 @@ def run(paths: dict[str, str | Path], dtype: str, rounds: int, prompt_tokens: in
             record[f"prefill_vs_base{suffix}"] = record[f"prefill_tok_s{suffix}"] / out[base][f"prefill_tok_s{suffix}"]
             record[f"decode_vs_base{suffix}"] = record[f"decode_tok_s{suffix}"] / out[base][f"decode_tok_s{suffix}"]
         record["peak_mem_bytes"] = peak[name] if dev.type == "cuda" else memory[name]
-        if dev.type == "cuda" and name == base:  # the deployment reference: compiling every checkpoint costs minutes
+        # deployed decode: the base and every checkpoint with another kernel (4-bit); the dense ones run the base's
+        if dev.type == "cuda" and (name == base or models.quantized_modules(loaded[name])):
             record["decode_tok_s_compiled"] = compiled_decode_tok_s(loaded[name], prompts[batch_sizes[0]][:1], new_tokens)
+            record["decode_vs_base_compiled"] = record["decode_tok_s_compiled"] / out[base]["decode_tok_s_compiled"]
         record["dtype"] = str(next(loaded[name].parameters()).dtype).removeprefix("torch.")
     settings = {"device": hardware.name(dev), "dtype": dtype, "rounds": rounds, "prompt_tokens": prompt_tokens,
                 "new_tokens": new_tokens, "batch_sizes": batch_sizes, "baseline": base}
-    return {"machine": machine(), "settings": settings, "checkpoints": out}
+    return {"machine": hardware.machine(), "settings": settings, "checkpoints": out}

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmshrink import hardware, kl, models, params, stats
+from llmshrink import hardware, kl, models, stats
+from llmshrink.params.evaluation import Eval
 from llmshrink.perplexity import text_perplexity
 
 
-def score(path: str | Path, texts: dict, ref: dict, p: params.Eval) -> tuple[dict[str, Any], dict[str, Any]]:
+def score(path: str | Path, texts: dict, ref: dict, p: Eval) -> tuple[dict[str, Any], dict[str, Any]]:
     """Bytes, perplexity of each text and KL to base on the reference's text, with intervals; and the per-window
     values for paired differences."""
     model, tokenizer = models.load(path, hardware.resolve_dtype(p.dtype)), models.load_tokenizer(path)

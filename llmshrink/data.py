@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llmshrink import choice, pypi
-from llmshrink.params import Data
+from llmshrink.params.data import Data
 
 FILES = ("calibration.txt", "finetune.txt", "perplexity.json", "qa.jsonl", "qa_train.jsonl", "choice.json")
 OUT_OF_DOMAIN_WHEEL = "gensim==4.4.0"  # ships the Lee background corpus (ABC news articles) in its test data

@@ -8,7 +8,7 @@ import torch
 
 from llmshrink import choice, kl, qa, stats, timing
 from llmshrink.models import dir_bytes, quantized_modules
-from llmshrink.params import Eval
+from llmshrink.params.evaluation import Eval
 from llmshrink.perplexity import text_perplexity
 
 

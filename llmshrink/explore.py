@@ -22,8 +22,10 @@ from transformers import PreTrainedModel
 from llmshrink import qa
 from llmshrink.atomic import atomic_file
 from llmshrink.depth import layers_kept
+from llmshrink.params import choice, integer
+from llmshrink.params.evaluation import Eval
+from llmshrink.params.explore import Explore
 from llmshrink.perplexity import perplexity, token_ids, windows
-from llmshrink.params import Eval, Explore, choice, integer
 
 KEYS = ("keep", "skip", "repeat")
 KEEP = ("all", "even", "odd")

@@ -20,7 +20,8 @@ from typing import Any
 
 from llmshrink import pypi
 from llmshrink.atomic import atomic_dir
-from llmshrink.params import CONVERTER_TYPES, GGUF_TYPES, choice
+from llmshrink.params import choice
+from llmshrink.params.gguf import CONVERTER_TYPES, GGUF_TYPES
 
 LLAMA_CPP = "llama-cpp-python==0.3.36"  # its source distribution vendors llama.cpp, converter and gguf-py
 CONVERTER = ("conversion", "gguf-py")  # below vendor/llama.cpp: the converter's model classes and its gguf-py
@@ -36,7 +37,7 @@ def llama_cpp_dir() -> Path:
 def to_gguf(src: str | Path, out_dir: str | Path, file_type: str, imatrix: str | Path | None = None,
             types: dict[str, str] | None = None, pure: bool = False) -> dict[str, Any]:
     """Convert the dense checkpoint folder `src` into `out_dir/model.gguf` of `file_type` (one of
-    `params.GGUF_TYPES`), atomically; the types `llama-quantize` makes (and any type with per-tensor `types`)
+    `GGUF_TYPES`), atomically; the types `llama-quantize` makes (and any type with per-tensor `types`)
     take the importance matrix file `imatrix`, `types` and `pure` (see `llamacpp.quantize`). Returns the file's
     metrics (`describe`)."""
     choice("export.type", file_type, GGUF_TYPES)
@@ -86,7 +87,7 @@ def convert(src: str | Path, out: Path, file_type: str) -> None:
 
 def describe(file: str | Path) -> dict[str, Any]:
     """Bytes, parameter count, tensor types (count of tensors per GGML type) and metadata of a GGUF file."""
-    from llmshrink.models import gguf_reader  # not at the top: the converter's child process imports this module
+    from llmshrink.gguf_files import gguf_reader  # not at the top: the converter's child process imports this module
 
     reader = gguf_reader(file)
     field = lambda key: reader.fields[key].contents() if key in reader.fields else None  # noqa: E731

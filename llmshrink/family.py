@@ -83,7 +83,7 @@ class Family:
         raise KeyError(f"{self.model_type} has no {projection}")
 
     def projections(self, path: str) -> tuple[str, ...]:
-        """The projections (`params.MODULES` names) the linear layer `path` holds."""
+        """The projections (`MODULES` names) the linear layer `path` holds."""
         return self.fused.get(path, (path.rsplit(".", 1)[-1],))
 
     def resolve(self, stage: str, names: tuple[str, ...] | list[str]) -> list[str]:

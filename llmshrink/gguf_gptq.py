@@ -31,9 +31,9 @@ from tqdm import tqdm
 from llmshrink import export, family, hardware, imatrix, models, timing
 from llmshrink.atomic import atomic_dir
 from llmshrink.calib import token_windows
-from llmshrink.params import GptqGguf
+from llmshrink.params.gguf import GptqGguf
+from llmshrink.params.gguf import GPTQ_GGUF_TYPES as FORMATS  # llama.cpp's 32-weight block formats
 from llmshrink.wanda import layer0_inputs
-from llmshrink.params import GPTQ_GGUF_TYPES as FORMATS  # llama.cpp's 32-weight block formats
 
 BLOCK = 32
 

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import importlib.metadata
 import math
 import os
+import platform
 import shutil
 import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import torch
 
@@ -131,3 +133,41 @@ def autocast_dtype(dev: torch.device) -> torch.dtype | None:
 def name(dev: torch.device) -> str:
     """The GPU's name, or `cpu`."""
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on: CPU model and relevant flags, threads, GPU, torch version."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+               platform.processor())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    return {
+        "cpu": cpu,
+        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"}),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+    }
+
+
+VERSIONED = ("torch", "transformers", "gptqmodel", "lm_eval", "gguf")  # libraries a measured number depends on
+
+
+def versions() -> dict[str, str | None]:
+    """The installed versions of `VERSIONED` (None where one is not installed)."""
+    found: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def stamped(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` with what produced them: the machine (`machine()`) and the library versions (`versions()`)."""
+    return {**metrics, "environment": {"hardware": machine(), "versions": versions()}}

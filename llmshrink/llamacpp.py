@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from llmshrink import export, models, pypi
+from llmshrink import export, gguf_files, pypi
 
 TOOLS = ("llama-quantize", "llama-bench")
 SKIPPED = "llama-bench not built: run `make edge` (builds llama.cpp from the llama-cpp-python sdist)"
@@ -133,7 +133,7 @@ def compare(paths: dict[str, Path], rounds: int, prompt_tokens: int, new_tokens:
             binary: Path | None = None) -> dict[str, Any]:
     """`bench` of the baseline (the first of `paths`, converted to an F16 GGUF file in a temporary folder) and of
     every GGUF checkpoint of `paths` (name -> folder); or why it was skipped."""
-    ggufs = {n: Path(p) / f for n, p in paths.items() if (f := models.gguf_file(p))}
+    ggufs = {n: Path(p) / f for n, p in paths.items() if (f := gguf_files.gguf_file(p))}
     binary = binary or tool("llama-bench")
     if not binary.is_file() or not ggufs:
         return {"skipped": SKIPPED if not binary.is_file() else "no GGUF checkpoint among the benchmarked ones"}

@@ -21,9 +21,10 @@ from peft import LoraConfig, get_peft_model
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from llmshrink.calib import token_windows
 from llmshrink import family, hardware
-from llmshrink.params import MODULES, Lora, choice
+from llmshrink.calib import token_windows
+from llmshrink.params import MODULES, choice
+from llmshrink.params.lora import Lora
 from llmshrink.qa import prompt, read_qa
 
 IGNORE = -100  # label of tokens that carry no loss

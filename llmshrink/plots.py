@@ -15,7 +15,8 @@ import pandas as pd  # noqa: E402
 from llmshrink.report import quality  # noqa: E402
 
 
-def _save(fig: Any, path: Path) -> None:
+def save(fig: Any, path: Path) -> None:
+    """`fig` as a PNG at `path`, written atomically and without a version stamp (reproducible bytes); closes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})  # no version stamp: reproducible
@@ -41,7 +42,7 @@ def write(df: pd.DataFrame, metrics: dict[str, Any], out_dir: str | Path) -> lis
         ax.set_ylabel(f"{key} (95% interval)")
         ax.grid(alpha=0.3)
         path = Path(out_dir) / f"size_vs_{key}.png"
-        _save(fig, path)
+        save(fig, path)
         written.append(path)
     return written
 
@@ -56,4 +57,4 @@ def explore(rows: list[dict[str, Any]], path: str | Path) -> None:
     ax.set_xlabel("perplexity (log scale)")
     for i, r in enumerate(rows):
         ax.annotate(f"{r['ppl']:.3g}", (r["ppl"], i), xytext=(3, -3), textcoords="offset points", fontsize=8)
-    _save(fig, Path(path))
+    save(fig, Path(path))

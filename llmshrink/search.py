@@ -29,15 +29,19 @@ import torch
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from llmshrink import allocate, gguf_gptq, imatrix, kl, models, params, timing
+from llmshrink import allocate, gguf_gptq, imatrix, kl, models, timing
 from llmshrink.atomic import atomic_file, write_json
 from llmshrink.calib import token_windows
 from llmshrink.compare import committed, paired, score
+from llmshrink.params import InputError, load, load_seed
+from llmshrink.params.evaluation import Eval
+from llmshrink.params.gguf import GptqGguf
+from llmshrink.params.search import Search
 
 BASELINES = ("kquant_base", "gptq_base")
 
 
-def candidates(p: params.Search, method: str) -> list[dict[str, Any]]:
+def candidates(p: Search, method: str) -> list[dict[str, Any]]:
     """Every (budget, largest format) pair of the search space with the `gptq_gguf.method`, named."""
     return [{"name": f"b{b:g}-{t}-{method}", "budget": b, "type": t, "method": method} for b in p.budgets
             for t in p.types]
@@ -64,7 +68,7 @@ def screen(model: torch.nn.Module, names: dict[str, str], rounded: dict[str, dic
     return float((reference.exp() * (reference - ours)).sum(-1).mean())
 
 
-def screen_all(src: Path, matrix: Path, text: str, p: params.Search, gp: params.GptqGguf, seed: int
+def screen_all(src: Path, matrix: Path, text: str, p: Search, gp: GptqGguf, seed: int
                ) -> list[dict[str, Any]]:
     """Every candidate with its formats, exact bytes, summed damage and screening KL (or why it cannot fit)."""
     model = models.load(src, "float32")
@@ -85,7 +89,7 @@ def screen_all(src: Path, matrix: Path, text: str, p: params.Search, gp: params.
         try:
             chosen, info = allocate.plan(weights, {t: {f: d[f] for f in formats} for t, d in damage.items()},
                                          formats, fixed, int(c["budget"] * source_bytes))
-        except params.InputError as err:
+        except InputError as err:
             rows.append({**c, "fits": False, "why": str(err)})
             continue
         rows.append({**c, "fits": True, "bytes": info["predicted_bytes"], "vs_base": info["predicted_bytes"] / source_bytes,
@@ -98,7 +102,7 @@ def _bits(fmt: str) -> int:
     return allocate.tensor_bytes((1, gguf_gptq.BLOCK), fmt, 1)
 
 
-def evaluate(c: dict[str, Any], root: Path, text: str, gp: params.GptqGguf, ep: params.Eval, seed: int,
+def evaluate(c: dict[str, Any], root: Path, text: str, gp: GptqGguf, ep: Eval, seed: int,
              cache: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The candidate's gptq_gguf file made and scored (cached in `cache`): its row and per-window values."""
     done = cache / f"{c['name']}.json"
@@ -125,7 +129,8 @@ def profile(c: dict[str, Any]) -> str:
 
 def run(root: Path, out: Path, profiles: Path) -> dict[str, Any]:
     """The whole search on the committed run under `root`; writes `out` and one profile per budget."""
-    p, gp, ep, seed = (params.load(s, root / "params.yaml") for s in ("search", "gptq_gguf", "eval", "seed"))
+    path = root / "params.yaml"
+    p, gp, ep, seed = load(Search, path), load(GptqGguf, path), load(Eval, path), load_seed(path)
     text = (root / "data" / "calibration.txt").read_text(encoding="utf-8")
     src, matrix = root / "models" / "base", root / "results" / "imatrix" / "base" / imatrix.FILE_NAME
     with timing.part("search/screen"):

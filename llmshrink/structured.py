@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 
 from llmshrink import family
 from llmshrink.family import head_dim, layers as decoder_layers
-from llmshrink.params import Structured
+from llmshrink.params.width import Structured
 
 NORMED = {"x": "gate_proj", "z": "down_proj", "xa": "q_proj", "y": "o_proj"}  # activation -> projection it enters
 STAGE = "width_prune (structured)"

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from llmshrink import family
 from llmshrink.family import layers as decoder_layers
-from llmshrink.params import Wanda, choice
+from llmshrink.params import choice
+from llmshrink.params.width import Wanda
 
 LayerInput = tuple[torch.Tensor, dict[str, Any]]  # hidden states entering a decoder layer, its keyword arguments
 

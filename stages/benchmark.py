@@ -3,8 +3,10 @@ rounds), with ratios to the first checkpoint, peak memory and the machine it ran
 import argparse
 from pathlib import Path
 
-from llmshrink import benchmark, hardware, llamacpp, params, timing
+from llmshrink import benchmark, hardware, llamacpp, timing
 from llmshrink.atomic import write_json
+from llmshrink.params import load
+from llmshrink.params.benchmark import Benchmark
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,13 +16,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint names; the first is the baseline")
     parser.add_argument("--baselines", nargs="*", default=[], help="which of them are baselines (unused here)")
     args = parser.parse_args(argv)
-    p = params.load("benchmark")
+    p = load(Benchmark)
     paths = {name: Path(args.models_dir) / name for name in args.checkpoints}
     result = benchmark.run(paths, hardware.resolve_dtype(p.dtype), p.rounds, p.prompt_tokens, p.new_tokens,
                            list(p.batch_sizes))
     result["llama_cpp"] = llamacpp.compare(paths, p.rounds, p.prompt_tokens, p.new_tokens,
                                            result["machine"]["torch_threads"])
-    write_json(args.out, result)
+    write_json(args.out, hardware.stamped(result))
     for name, r in result["checkpoints"].items():
         print(f"{name:>8}: prefill {r['prefill_tok_s']:8.1f} tok/s ({r['prefill_vs_base']:.2f}x), "
               f"decode {r['decode_tok_s']:6.1f} tok/s ({r['decode_vs_base']:.2f}x)")

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import depth, models, params, timing
+from llmshrink import depth, hardware, models, timing
 from llmshrink.atomic import atomic_dir, write_json
+from llmshrink.params import load
+from llmshrink.params.depth import Prune
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="checkpoint folder to write, e.g. models/depth")
     parser.add_argument("metrics", help="metrics JSON, e.g. metrics/depth.json")
     args = parser.parse_args(argv)
-    p = params.load("prune")
+    p = load(Prune)
     scores = json.loads(Path(args.scores).read_text(encoding="utf-8"))
     n_layers = models.read_config(args.model)["num_hidden_layers"]
     if len(scores) != n_layers:
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     model.config.removed_layers = record["removed"]
     with atomic_dir(args.out) as tmp:
         models.save(model, AutoTokenizer.from_pretrained(args.model), tmp, dtype)
-    write_json(args.metrics, record)
+    write_json(args.metrics, hardware.stamped(record))
     print(f"{args.out}: removed layers {record['removed']} ({p.criterion}), "
           f"{record['params_before']:,} -> {record['params_after']:,} parameters")
 

@@ -5,8 +5,10 @@ import json
 import sys
 from pathlib import Path
 
-from llmshrink import evaluate, hardware, harness, kl, models, params, qa, timing
+from llmshrink import evaluate, hardware, harness, kl, models, qa, timing
 from llmshrink.atomic import write_json
+from llmshrink.params import load, load_seed
+from llmshrink.params.evaluation import Eval
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="metrics JSON to write, e.g. metrics/eval/lora.json")
     parser.add_argument("items", help="per-item results JSON to write, e.g. results/items/lora.json")
     args = parser.parse_args(argv)
-    p, seed = params.load("eval"), params.load("seed")
+    p, seed = load(Eval), load_seed()
     models.check_positions("eval.seq_len", p.seq_len, args.model)
     data = Path(args.data)
     texts = json.loads((data / "perplexity.json").read_text(encoding="utf-8"))
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics["perplexity"][name] |= harness.wikitext(model, tokenizer, None if p.lm_eval == "hub" else text, p.batch_size)
     for s in metrics["qa"].pop("samples"):
         print(f"  Q: {s['question']}\n  A: {s['generated']!r} (gold {s['answer']!r})")
-    write_json(args.out, metrics)
+    write_json(args.out, hardware.stamped(metrics))
     write_json(args.items, items)
     for name, m in metrics["perplexity"].items():
         print(f"{args.model}: ppl[{name}, {m['domain']}] {m['ppl']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] "

@@ -7,8 +7,11 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import explore, hardware, models, params, plots, qa, timing
+from llmshrink import explore, hardware, models, plots, qa, timing
 from llmshrink.atomic import write_json
+from llmshrink.params import load
+from llmshrink.params.evaluation import Eval
+from llmshrink.params.explore import Explore
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,8 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("samples", help="JSON of greedy samples to write, e.g. metrics/explore_samples.json")
     parser.add_argument("plot", help="PNG to write, e.g. metrics/plots/explore_layers.png")
     args = parser.parse_args(argv)
-    p = params.load("explore")
-    e = dataclasses.replace(params.load("eval"), max_windows=p.max_windows, limit=p.limit)  # explore's own caps
+    p = load(Explore)
+    e = dataclasses.replace(load(Eval), max_windows=p.max_windows, limit=p.limit)  # explore's own caps
     orders = explore.orders(p, models.read_config(args.model)["num_hidden_layers"])
     models.check_positions("eval.seq_len", e.seq_len, args.model)
     texts = json.loads(Path(args.texts).read_text(encoding="utf-8"))

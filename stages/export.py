@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from llmshrink import export, imatrix, models, params, timing
+from llmshrink import export, hardware, imatrix, models, timing
 from llmshrink.atomic import write_json
+from llmshrink.params import load
+from llmshrink.params.gguf import Export, KquantBase
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,9 +18,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("imatrix", help="folder of its importance matrix (stage imatrix), e.g. results/imatrix/lora")
     parser.add_argument("out", help="folder to write model.gguf into, e.g. models/export")
     parser.add_argument("metrics", help="metrics JSON, e.g. metrics/export.json")
-    parser.add_argument("--section", default="export", choices=["export", "kquant_base"], help="params section")
+    sections = {cls.SECTION: cls for cls in (Export, KquantBase)}
+    parser.add_argument("--section", default="export", choices=sorted(sections), help="params section")
     args = parser.parse_args(argv)
-    p = params.load(args.section)
+    p = load(sections[args.section])
     if method := models.quant_method(args.model):
         raise ValueError(f"{args.model} is a {method!r}-quantized checkpoint; export needs a dense one (e.g. models/lora)")
     if not p.enabled:
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = {**export.to_gguf(args.model, args.out, p.type, matrix, types),
                    "source_bytes": models.dir_bytes(args.model)}
         metrics["vs_source"] = metrics["bytes"] / metrics["source_bytes"]
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, hardware.stamped(metrics))
     print(f"{args.out}: {metrics}")
 
 

@@ -4,8 +4,10 @@ importance matrix); every GPTQ weight is checked against the file as transformer
 import argparse
 from pathlib import Path
 
-from llmshrink import gguf_gptq, imatrix, models, params, timing
+from llmshrink import gguf_gptq, hardware, imatrix, models, timing
 from llmshrink.atomic import write_json
+from llmshrink.params import load, load_seed
+from llmshrink.params.gguf import GptqGguf
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="folder to write model.gguf into, e.g. models/gptq_gguf")
     parser.add_argument("metrics", help="metrics JSON, e.g. metrics/gptq_gguf.json")
     args = parser.parse_args(argv)
-    p, seed = params.load("gptq_gguf"), params.load("seed")
+    p, seed = load(GptqGguf), load_seed()
     if not p.enabled:
         metrics = models.passthrough(args.model, args.out)
     else:
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = gguf_gptq.make(args.model, args.out, Path(args.imatrix) / imatrix.FILE_NAME, p, text, seed)
         metrics |= {"source_bytes": models.dir_bytes(args.model)}
         metrics["vs_source"] = metrics["bytes"] / metrics["source_bytes"]
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, hardware.stamped(metrics))
     print(f"{args.out}: {metrics}")
 
 

@@ -3,9 +3,11 @@ weight matrix over calibration windows), as a GGUF imatrix file `llama-quantize 
 import argparse
 from pathlib import Path
 
-from llmshrink import hardware, imatrix, models, params, timing
+from llmshrink import hardware, imatrix, models, timing
 from llmshrink.atomic import atomic_dir
 from llmshrink.calib import token_windows
+from llmshrink.params import load, load_seed
+from llmshrink.params.imatrix import Imatrix
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -13,8 +15,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("calibration", help="calibration text, e.g. data/calibration.txt")
     parser.add_argument("out", help=f"folder to write {imatrix.FILE_NAME} into, e.g. results/imatrix/base")
     args = parser.parse_args(argv)
-    p, seed = params.load("imatrix"), params.load("seed")
-    model = models.load(args.model, hardware.resolve_dtype("auto"))
+    p, seed = load(Imatrix), load_seed()
+    model = models.load(args.model, hardware.work_dtype())  # float32 on every CPU: the same file on every machine
     text = Path(args.calibration).read_text(encoding="utf-8")
     windows = token_windows(models.load_tokenizer(args.model), text, p.samples, p.seq_len, seed)
     data = imatrix.imatrix(model, windows)

@@ -4,9 +4,11 @@ import argparse
 
 from transformers import AutoTokenizer
 
-from llmshrink import models, params, timing
+from llmshrink import hardware, models, timing
 from llmshrink.atomic import atomic_dir, atomic_file, write_json
 from llmshrink.lora import heal, training_batches
+from llmshrink.params import load, load_seed
+from llmshrink.params.lora import Lora
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("metrics", help="metrics JSON, e.g. metrics/lora.json")
     parser.add_argument("loss", help="loss per step CSV, e.g. metrics/lora_loss.csv")
     args = parser.parse_args(argv)
-    p, seed = params.load("lora"), params.load("seed")
+    p, seed = load(Lora), load_seed()
     losses: list[float] = []
     if not p.enabled:
         metrics = models.passthrough(args.model, args.out)
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         losses, metrics = healed.losses, {"enabled": True, **healed.metrics}
         print(f"{args.out}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps, "
               f"target sparsity {metrics['sparsity_before']:.3f} -> {metrics['sparsity_after']:.3f}")
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, hardware.stamped(metrics))
     with atomic_file(args.loss) as f:
         f.write("step,loss\n" + "".join(f"{i},{loss:.6f}\n" for i, loss in enumerate(losses, 1)))
 

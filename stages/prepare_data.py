@@ -3,16 +3,18 @@ import argparse
 import shutil
 from pathlib import Path
 
-from llmshrink import params, timing
+from llmshrink import timing
 from llmshrink.atomic import temp_dir
 from llmshrink.data import FILES, prepare
+from llmshrink.params import load, load_seed
+from llmshrink.params.data import Data
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", help=f"folder to write {', '.join(FILES)} into, e.g. data")
     args = parser.parse_args(argv)
-    sets = prepare(params.load("data"), params.load("seed"))
+    sets = prepare(load(Data), load_seed())
     out = Path(args.out)
     tmp = temp_dir(out / "prepare")
     try:  # all files written, then moved in

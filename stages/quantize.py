@@ -2,8 +2,10 @@
 import argparse
 from pathlib import Path
 
-from llmshrink import models, params, quantize, timing
+from llmshrink import hardware, models, quantize, timing
 from llmshrink.atomic import write_json
+from llmshrink.params import load, load_seed
+from llmshrink.params.gptq import Gptq
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -13,13 +15,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="checkpoint folder to write, e.g. models/gptq")
     parser.add_argument("metrics", help="metrics JSON, e.g. metrics/gptq.json")
     args = parser.parse_args(argv)
-    p, seed = params.load("gptq"), params.load("seed")
+    p, seed = load(Gptq), load_seed()
     if not p.enabled:
         metrics = models.passthrough(args.model, args.out)
     else:
         text = Path(args.calibration).read_text(encoding="utf-8")
         metrics = quantize.gptq(args.model, args.out, p, text, seed)
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, hardware.stamped(metrics))
     print(f"{args.out}: {metrics}")
 
 

@@ -3,8 +3,10 @@ perplexity windows, computed once, so that every evaluation measures its KL dive
 import argparse
 import json
 
-from llmshrink import hardware, kl, models, params, timing
+from llmshrink import hardware, kl, models, timing
 from llmshrink.atomic import atomic_file
+from llmshrink.params import load
+from llmshrink.params.evaluation import Eval
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -13,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("texts", help="perplexity texts of prepare_data, e.g. data/perplexity.json")
     parser.add_argument("out", help="safetensors file to write, e.g. results/reference.safetensors")
     args = parser.parse_args(argv)
-    p = params.load("eval")
+    p = load(Eval)
     texts = json.load(open(args.texts, encoding="utf-8"))
     name = next((n for n, t in texts.items() if t["domain"] == "out"), next(iter(texts)))
     model = models.load(args.model, hardware.resolve_dtype(p.dtype))

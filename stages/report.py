@@ -4,7 +4,10 @@ import argparse
 import json
 from pathlib import Path
 
-from llmshrink import kv_cache, models, params, plots, report, timing
+from llmshrink import kv_cache, models, plots, report, timing
+from llmshrink.params import load, load_seed
+from llmshrink.params.kv import Kv
+from llmshrink.params.model import Model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,13 +20,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint names in pipeline order")
     parser.add_argument("--baselines", nargs="*", default=[], help="which of them are baselines of the untouched base")
     args = parser.parse_args(argv)
-    seed, source = params.load("seed"), params.load("model").source
+    seed, source = load_seed(), load(Model).source
     metrics, items = report.read(args.eval_dir, args.items_dir, args.checkpoints)
     if not metrics:
         raise FileNotFoundError(f"no evaluation results in {args.eval_dir}/ with per-item results in {args.items_dir}/")
     speed = json.loads(Path(args.benchmark).read_text(encoding="utf-8"))["checkpoints"]
     configs = {name: models.read_config(Path(args.models) / name) for name in metrics}
-    cache_bytes, deployment = kv_cache.deployment(params.load("kv"), configs)
+    cache_bytes, deployment = kv_cache.deployment(load(Kv), configs)
     df, comp = report.summary(metrics, speed, cache_bytes), report.comparisons(items, args.baselines, seed)
     out = Path(args.out_dir)
     report.write(df, comp, report.markdown(df, comp, metrics, args.baselines, source, deployment),

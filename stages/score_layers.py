@@ -8,9 +8,11 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import depth, hardware, models, params, timing
+from llmshrink import depth, hardware, models, timing
 from llmshrink.atomic import write_json
 from llmshrink.calib import token_windows
+from llmshrink.params import load, load_seed
+from llmshrink.params.depth import Prune
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("calibration", help="calibration text, e.g. data/calibration.txt")
     parser.add_argument("out", help="layer scores JSON, e.g. metrics/layer_scores.json")
     args = parser.parse_args(argv)
-    p, seed = params.load("prune"), params.load("seed")
+    p, seed = load(Prune), load_seed()
     model = models.load(args.model, hardware.work_dtype())
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     windows = token_windows(tokenizer, Path(args.calibration).read_text(encoding="utf-8"), p.samples, p.seq_len, seed)

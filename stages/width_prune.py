@@ -5,9 +5,11 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llmshrink import hardware, models, params, structured, timing, wanda
+from llmshrink import hardware, models, structured, timing, wanda
 from llmshrink.atomic import atomic_dir, write_json
 from llmshrink.calib import token_windows
+from llmshrink.params import load, load_seed
+from llmshrink.params.width import Structured, Wanda
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,9 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="checkpoint folder to write, e.g. models/width")
     parser.add_argument("metrics", help="metrics JSON, e.g. metrics/width.json")
     args = parser.parse_args(argv)
-    p, s, seed = params.load("wanda"), params.load("structured"), params.load("seed")
+    p, s, seed = load(Wanda), load(Structured), load_seed()
     if not p.enabled and not s.enabled:
-        write_json(args.metrics, models.passthrough(args.model, args.out))
+        write_json(args.metrics, hardware.stamped(models.passthrough(args.model, args.out)))
         print(f"{args.out}: copy of {args.model} (wanda.enabled=false, structured shares 0)")
         return
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_dir(args.out) as tmp:
         models.save(model, tokenizer, tmp, dtype)
     metrics = wanda.report(p, pruned) if p.enabled else {"enabled": False}  # counted after the cast to the saved dtype
-    write_json(args.metrics, {**metrics, **({"structured": shrunk} if s.enabled else {})})
+    write_json(args.metrics, hardware.stamped({**metrics, **({"structured": shrunk} if s.enabled else {})}))
     if p.enabled:
         print(f"{args.out}: {p.name}, sparsity {metrics['sparsity']:.4f} over {len(pruned)} modules")
 

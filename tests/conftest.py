@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from llmshrink import models, pypi
+from llmshrink import models, pypi, sources
 from llmshrink.params import read
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def pytest_runtest_call(item: pytest.Item) -> object:
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny random LLaMA (float32) with the embedded model's tokenizer."""
     path = tmp_path_factory.mktemp("tiny")
-    model, tokenizer = models.tiny_model(TINY_DIMS, seed=0)
+    model, tokenizer = sources.tiny_model(TINY_DIMS, seed=0)
     models.save(model, tokenizer, path, "float32")
     return path
 
@@ -44,7 +44,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def embedded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real embedded SmolLM2-135M-Instruct saved as a float32 safetensors checkpoint."""
     path = tmp_path_factory.mktemp("embedded")
-    model, tokenizer = models.load_embedded()
+    model, tokenizer = sources.load_embedded()
     models.save(model, tokenizer, path, "float32")
     return path
 

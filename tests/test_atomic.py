@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llmshrink.atomic import atomic_dir, atomic_file, scratch
+from llmshrink.atomic import atomic_dir, atomic_file, copy_dir, scratch
 
 
 def test_stale_temporary_siblings_are_removed(tmp_path: Path) -> None:
@@ -70,3 +70,13 @@ def test_scratch_is_the_temporary_directory_and_is_removed(tmp_path: Path) -> No
             raise ValueError("EoRA failed")
     assert not work.exists() and tempfile.gettempdir() == before and list(tmp_path.iterdir()) == []
     assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") == inductor
+
+
+def test_copied_checkpoints_are_writable_when_the_source_is_a_read_only_dvc_link(tmp_path: Path) -> None:
+    """DVC's hard-linked outputs are read-only; a stage's copy of one must not be, or editing it fails for users."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    (src / "config.json").chmod(0o444)
+    copy_dir(src, tmp_path / "out")
+    assert (tmp_path / "out" / "config.json").stat().st_mode & 0o200

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from llmshrink import data, params
+from llmshrink import data
+from llmshrink.params import load, load_seed
+from llmshrink.params.data import Data
 from llmshrink.qa import read_qa
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = params.load("data", ROOT / "params.yaml")
-SEED = params.load("seed", ROOT / "params.yaml")
+PARAMS = load(Data, ROOT / "params.yaml")
+SEED = load_seed(ROOT / "params.yaml")
 
 
-def with_(**changes) -> params.Data:
+def with_(**changes) -> Data:
     """The repo's data params with `changes` (validated like params.yaml)."""
     return dataclasses.replace(PARAMS, **changes)
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from llmshrink import depth, models
+from llmshrink import depth, models, sources
 from llmshrink.params import read
 from llmshrink.perplexity import perplexity
 
@@ -68,7 +68,7 @@ def identity_model() -> tuple[torch.nn.Module, torch.Tensor]:
     """A tiny model whose layers all matter (weights scaled up) except IDENTITY (o_proj, down_proj zeroed),
     and text sampled from it: on the model's own samples the full model has the lowest expected
     perplexity (Gibbs' inequality), so removing any layer that changes the function raises it."""
-    model, tokenizer = models.tiny_model(TINY_DIMS, seed=0)
+    model, tokenizer = sources.tiny_model(TINY_DIMS, seed=0)
     model.eval()
     layers = depth.decoder_layers(model)
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_taylor_sums_absolute_terms_that_cancel_in_the_signed_sum() -> None:
     """Layer 3 keeps only two MLP neurons with equal input weights and opposite output weights (attention off):
     their terms w * dL/dw come in pairs +a, -a, so the signed sum |sum w * dL/dw| (the former formula) is ~0,
     while Taylor+ sums |w * dL/dw| per weight and sees them."""
-    model, _ = models.tiny_model(TINY_DIMS, seed=0)
+    model, _ = sources.tiny_model(TINY_DIMS, seed=0)
     layer = depth.decoder_layers(model)[3]
     with torch.no_grad():
         layer.self_attn.o_proj.weight.zero_()

@@ -10,30 +10,33 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from llmshrink import lora, models, params, structured
+from llmshrink import lora, sources, structured
 from llmshrink.calib import token_windows
+from llmshrink.params import read
+from llmshrink.params.lora import Lora
+from llmshrink.params.width import Structured
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = params.read(ROOT / "params.yaml")
+PARAMS = read(ROOT / "params.yaml")
 DIMS = {**PARAMS["model"]["tiny"], "initializer_range": 0.1}  # logits that differ between teacher and student
 
 
-def lora_params(**overrides: object) -> params.Lora:
-    return params.Lora(**{**PARAMS["lora"], "steps": 10, "batch_size": 4, "seq_len": 32, "lr": 1e-2, "distill": 1.0,
+def lora_params(**overrides: object) -> Lora:
+    return Lora(**{**PARAMS["lora"], "steps": 10, "batch_size": 4, "seq_len": 32, "lr": 1e-2, "distill": 1.0,
                           "temperature": 2.0, **overrides})
 
 
 @pytest.fixture(scope="module")
 def teacher() -> torch.nn.Module:
-    return models.tiny_model(DIMS, seed=0)[0].eval()
+    return sources.tiny_model(DIMS, seed=0)[0].eval()
 
 
 @pytest.fixture(scope="module")
 def student(tiny_dir: Path, prose: str) -> tuple[torch.nn.Module, list[lora.Batch]]:
     """The teacher with half its MLP channels removed, and training batches of real prose."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    s = params.Structured(**{**PARAMS["structured"], "mlp": 0.5, "samples": 4, "seq_len": 32})
-    model, _ = structured.prune(models.tiny_model(DIMS, seed=0)[0], token_windows(tokenizer, prose, 4, 32, 0), s)
+    s = Structured(**{**PARAMS["structured"], "mlp": 0.5, "samples": 4, "seq_len": 32})
+    model, _ = structured.prune(sources.tiny_model(DIMS, seed=0)[0], token_windows(tokenizer, prose, 4, 32, 0), s)
     return model, lora.text_batches(tokenizer, prose, lora_params(), 0)
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from llmshrink.params import SECTIONS, read
+from llmshrink.params import read
+from llmshrink.params.sections import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 # params whose entries are user-chosen names (task names, configuration names), not schema keys

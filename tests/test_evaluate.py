@@ -16,11 +16,13 @@ import torch
 import yaml
 from transformers import AutoTokenizer
 
-from llmshrink import benchmark, evaluate, hardware, harness, models, params, perplexity
+from llmshrink import benchmark, evaluate, hardware, harness, models, perplexity
 from llmshrink.calib import tokenize
+from llmshrink.params import read
+from llmshrink.params.evaluation import Eval
 
 ROOT = Path(__file__).resolve().parents[1]
-EVAL = params.read(ROOT / "params.yaml")["eval"]
+EVAL = read(ROOT / "params.yaml")["eval"]
 STAGE_ARGS = ["models/tiny", "data", "results/reference.safetensors", "metrics/eval/tiny.json", "results/tiny.json"]
 
 
@@ -81,13 +83,13 @@ def test_all_tokens_protocol_equals_a_manual_loop(tiny, prose):
 
 
 def test_eval_params_name_the_bad_parameter():
-    e = params.Eval(**EVAL)
+    e = Eval(**EVAL)
     assert {k: getattr(e, k) for k in EVAL} == {**EVAL, "choice_tasks": tuple(EVAL["choice_tasks"])}
     for key, bad, named in [("dtype", "int8", "eval.dtype"), ("limit", 0, "eval.limit"), ("choice_tasks", "piqa", "eval.choice_tasks"),
                             ("seq_len", 1, "eval.seq_len"), ("lm_eval", "yes", "eval.lm_eval"),
                             ("max_windows", 2.5, "eval.max_windows"), ("batch_size", 0, "eval.batch_size")]:
         with pytest.raises(ValueError, match=re.escape(named)):
-            params.Eval(**{**EVAL, key: bad})
+            Eval(**{**EVAL, key: bad})
 
 
 def test_auto_dtype_is_the_faster_one_on_cpu(monkeypatch):

@@ -14,12 +14,15 @@ import torch
 import yaml
 from transformers import AutoTokenizer
 
-from llmshrink import depth, explore, models, params
+from llmshrink import depth, explore, models
 from llmshrink.calib import tokenize
+from llmshrink.params import read
+from llmshrink.params.evaluation import Eval
+from llmshrink.params.explore import Explore
 from llmshrink.perplexity import perplexity, windows
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = params.read(ROOT / "params.yaml")
+PARAMS = read(ROOT / "params.yaml")
 STAGE_ARGS = ["models/base", "data/perplexity.json", "data/qa.jsonl", "metrics/explore_layers.csv",
               "metrics/explore_samples.json", "metrics/plots/explore_layers.png"]
 N = PARAMS["model"]["tiny"]["num_hidden_layers"]  # 8
@@ -78,7 +81,7 @@ def test_orders():
     ([1, 2], r"explore\.configs\.bad=\[1, 2\] must be a mapping"),
 ])
 def test_invalid_configs_name_the_config(spec, message):
-    p = params.Explore(**{**PARAMS["explore"], "configs": {"base": {}, "bad": spec}})
+    p = Explore(**{**PARAMS["explore"], "configs": {"base": {}, "bad": spec}})
     with pytest.raises(ValueError, match=message):
         explore.orders(p, N)
 
@@ -90,7 +93,7 @@ def test_invalid_configs_name_the_config(spec, message):
 ])
 def test_invalid_params_name_the_parameter(key, value, message):
     with pytest.raises(ValueError, match=message):
-        params.Explore(**{**PARAMS["explore"], key: value})
+        Explore(**{**PARAMS["explore"], key: value})
 
 
 def test_empty_config_reproduces_base_logits_exactly(tiny, ids):
@@ -136,9 +139,9 @@ def test_repeat_generates_the_same_with_and_without_cache(tiny, ids):
 
 def test_explore_scores_every_config(tiny, prose):
     model, tokenizer = tiny
-    e = params.Eval(**{**PARAMS["eval"], "seq_len": 64, "max_windows": 3, "limit": 2, "max_new_tokens": 4,
+    e = Eval(**{**PARAMS["eval"], "seq_len": 64, "max_windows": 3, "limit": 2, "max_new_tokens": 4,
                        "batch_size": 2})
-    orders = explore.orders(params.Explore(**{**PARAMS["explore"], "configs": {"base": {}, "even": {"keep": "even"}}}), N)
+    orders = explore.orders(Explore(**{**PARAMS["explore"], "configs": {"base": {}, "even": {"keep": "even"}}}), N)
     rows, samples = explore.explore(model, tokenizer, orders, prose[:20000], RECORDS, e, "The capital of France is", 5)
     chunks = windows(tokenize(tokenizer, prose[:20000]), 64, 3)
     assert rows[0]["ppl"] == pytest.approx(perplexity(model, chunks, 2)[0], rel=1e-6)
@@ -200,7 +203,7 @@ def test_embedded_middle_changes_cost_little_early_ones_break_the_model(embedded
     chunks = windows(tokenize(tokenizer, "\n\n".join(rows)), 512, 2)
     names = ("base", "skip_mid_3", "repeat_mid", "skip_early_2", "even_only")
     configs = {name: PARAMS["explore"]["configs"][name] for name in names}
-    orders = explore.orders(params.Explore(**{**PARAMS["explore"], "configs": configs}), 30)
+    orders = explore.orders(Explore(**{**PARAMS["explore"], "configs": configs}), 30)
     assert orders["skip_mid_3"] == [i for i in range(30) if i not in (14, 15, 16)]
     assert orders["repeat_mid"] == [*range(15), 14, *range(15, 30)]
     ppl = {}

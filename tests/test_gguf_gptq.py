@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType, quants
 from llmshrink import export, imatrix, llamacpp, models
 from llmshrink.calib import token_windows, tokenize
 from llmshrink.gguf_gptq import FORMATS, dequantize, gptq_columns, make, pack
-from llmshrink.params import GptqGguf
+from llmshrink.params.gguf import GptqGguf
 from llmshrink.perplexity import windows
 
 QUANTIZER = llamacpp.tool("llama-quantize").is_file()

@@ -89,3 +89,11 @@ def test_lock_files_are_not_followed_nor_truncated_in_a_private_folder(tmp_path:
     with pytest.raises(ValueError, match=r"LLMSHRINK_GPU_LOCKS=.*shared' must be a folder of this user's"):
         hardware.claim_gpu(shared, 1)
     assert (hardware.lock_folder(tmp_path / "new").stat().st_mode & 0o777) == 0o700
+
+
+def test_stamped_metrics_say_what_produced_them() -> None:
+    stamped = hardware.stamped({"ppl": 1.5})
+    assert stamped["ppl"] == 1.5
+    assert torch.__version__.startswith(stamped["environment"]["versions"]["torch"])
+    assert set(stamped["environment"]["versions"]) == set(hardware.VERSIONED)
+    assert stamped["environment"]["hardware"]["cpus"] == os.cpu_count()

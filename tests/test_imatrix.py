@@ -3,15 +3,18 @@ squares, the file is llama.cpp's layout, and (where `make edge` built llama-quan
 uses it: the weighted rounding error it minimises is lower than without it."""
 from __future__ import annotations
 
+import runpy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from llmshrink import export, imatrix, llamacpp, models
+from llmshrink import export, imatrix, llamacpp, models, params
 from llmshrink.calib import token_windows
 
+ROOT = Path(__file__).resolve().parents[1]
 QUANTIZER = llamacpp.tool("llama-quantize").is_file()
 
 
@@ -37,6 +40,23 @@ def test_every_matrix_gets_its_inputs_mean_square(tiny_dir: Path, calibration: t
     sums, count = matrix["blk.1.ffn_down.weight"]
     assert count == calibration.numel()
     np.testing.assert_allclose(sums, x.square().sum(0).numpy(), rtol=1e-5)
+
+
+def test_stage_output_does_not_depend_on_the_cpu(tiny_dir: Path, prose: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage computes in float32 on every CPU, so whether bf16 is the faster dtype here cannot change the file."""
+    settings = params.read(ROOT / "params.yaml")
+    settings["imatrix"].update(samples=4, seq_len=64)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    (tmp_path / "calibration.txt").write_text(prose, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    stage = runpy.run_path(str(ROOT / "stages" / "imatrix.py"))["main"]
+    files = []
+    for fastest in ("float32", "bfloat16"):
+        monkeypatch.setattr("llmshrink.hardware.fastest_cpu_dtype", lambda fastest=fastest: fastest)
+        stage([str(tiny_dir), "calibration.txt", fastest])
+        files.append((tmp_path / fastest / imatrix.FILE_NAME).read_bytes())
+    assert files[0] == files[1]
 
 
 def test_file_round_trip_gives_mean_squares(tmp_path: Path, matrix: dict) -> None:

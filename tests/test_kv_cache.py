@@ -11,12 +11,14 @@ import pytest
 import torch
 from transformers import DynamicCache, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from llmshrink import kv_cache, models, params
+from llmshrink import kv_cache, kv_quant, kv_study, models
 from llmshrink.kv_cache import CacheConfig
+from llmshrink.params import load
+from llmshrink.params.kv import Kv
 
 DIMS = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 256}  # GQA: 2 query heads per KV head, head size 16
-KV = params.Kv(contexts=[64], windows=1, chunk=16, decode_tokens=2, context=None, baseline="bf16", deploy="bf16",
+KV = Kv(contexts=[64], windows=1, chunk=16, decode_tokens=2, context=None, baseline="bf16", deploy="bf16",
                configs={"bf16": {}})
 
 
@@ -48,7 +50,7 @@ def test_16_bit_cache_reproduces_the_dense_logits_exactly(name: str, llama) -> N
     model = family(name, llama)
     layers = model.config.num_hidden_layers
     dense = chunked_logits(model, DynamicCache(), ids())
-    assert torch.equal(chunked_logits(model, kv_cache.build(CacheConfig(), layers), ids()), dense)
+    assert torch.equal(chunked_logits(model, kv_quant.build(CacheConfig(), layers), ids()), dense)
 
 
 def test_quantized_caches_come_close_int8_closest(llama) -> None:
@@ -57,7 +59,7 @@ def test_quantized_caches_come_close_int8_closest(llama) -> None:
     err = {}
     for dtype in ("int8", "int4", "int2"):
         config = CacheConfig(dtype, keys="channel", values="token", group=8, residual=16)
-        err[dtype] = (chunked_logits(llama, kv_cache.build(config, layers), x).float() - dense).abs().max().item()
+        err[dtype] = (chunked_logits(llama, kv_quant.build(config, layers), x).float() - dense).abs().max().item()
     scale = dense.abs().max().item()
     assert 0 < err["int8"] < 0.02 * scale
     assert err["int8"] < err["int4"] < err["int2"]
@@ -67,21 +69,21 @@ def test_grouping_math_by_hand() -> None:
     x = torch.tensor([[0.0, 1.0, 2.0, 3.0],
                       [4.0, 4.0, 8.0, 0.0]])[None, None]  # [B=1, H=1, T=2 tokens, D=4 channels]
     # per channel, groups of 2 tokens: each channel's min and (max - min) / 3 over its two tokens
-    packed, scale, low = kv_cache.quantize(x, 2, 2, "channel")
+    packed, scale, low = kv_quant.quantize(x, 2, 2, "channel")
     assert scale.shape == low.shape == (1, 1, 1, 1, 4)
     assert low.flatten().tolist() == [0.0, 1.0, 2.0, 0.0]
     assert scale.flatten().tolist() == pytest.approx([4 / 3, 1, 2, 1], rel=1e-3)
     # codes round((x - min) / scale): token 0 -> [0, 0, 0, 3], token 1 -> [3, 3, 3, 0]; 4 codes of 2 bits a byte
     assert packed.shape == (1, 1, 2, 1)
     assert packed.flatten().tolist() == [3 << 6, 3 | 3 << 2 | 3 << 4]
-    assert torch.allclose(kv_cache.dequantize(packed, scale, low, 2, 2, "channel", torch.float32), x, atol=2e-3)
+    assert torch.allclose(kv_quant.dequantize(packed, scale, low, 2, 2, "channel", torch.float32), x, atol=2e-3)
     # per token, groups of 2 channels: each token's pairs of channels
-    packed, scale, low = kv_cache.quantize(x, 4, 2, "token")
+    packed, scale, low = kv_quant.quantize(x, 4, 2, "token")
     assert scale.shape == (1, 1, 2, 2, 1)
     assert low.flatten().tolist() == [0.0, 2.0, 4.0, 0.0]
     assert scale.flatten().tolist() == pytest.approx([1 / 15, 1 / 15, 0.0, 8 / 15], rel=1e-3)
     assert packed.shape == (1, 1, 2, 2)  # 2 codes of 4 bits a byte
-    back = kv_cache.dequantize(packed, scale, low, 4, 2, "token", torch.float32)
+    back = kv_quant.dequantize(packed, scale, low, 4, 2, "token", torch.float32)
     assert (back - x).abs().max() <= 8 / 15 / 2 + 1e-3
 
 
@@ -93,20 +95,20 @@ CONFIGS = [CacheConfig(), CacheConfig("fp8"), CacheConfig(sinks=4, window=20),
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.dtype}-{c.keys}-{c.window}")
 def test_cache_bytes_formula_matches_the_stored_tensors(config: CacheConfig, llama) -> None:
-    cache = kv_cache.build(config, llama.config.num_hidden_layers)
+    cache = kv_quant.build(config, llama.config.num_hidden_layers)
     for tokens in (16, 37, 38, 60):  # chunks of up to 16 tokens and one decode step, ending in partial groups
         with torch.no_grad():
             while cache.get_seq_length() < tokens:
                 step = min(16, tokens - cache.get_seq_length())
                 llama.get_decoder()(ids(step)[None], cache=cache, use_cache=True)
-        assert kv_cache.stored_bytes(cache) == kv_cache.cache_bytes(config, tokens, llama.config.to_dict())
+        assert kv_quant.stored_bytes(cache) == kv_cache.cache_bytes(config, tokens, llama.config.to_dict())
     # bf16 at 60 tokens: 8 layers x (K, V) x 2 heads x 16 channels x 60 tokens x 2 bytes
     assert kv_cache.cache_bytes(CacheConfig(), 60, llama.config.to_dict()) == 8 * 2 * 2 * 16 * 60 * 2
 
 
 def test_eviction_keeps_the_sinks_and_the_recent_window(llama) -> None:
     x, layers = ids(), llama.config.num_hidden_layers
-    dense, evicting = DynamicCache(), kv_cache.build(CacheConfig(sinks=4, window=20), layers)
+    dense, evicting = DynamicCache(), kv_quant.build(CacheConfig(sinks=4, window=20), layers)
     chunked_logits(llama, dense, x)
     chunked_logits(llama, evicting, x)
     kept = torch.cat([dense.layers[0].keys[:, :, :4], dense.layers[0].keys[:, :, -20:]], dim=2)
@@ -146,8 +148,8 @@ def test_bad_configurations_are_refused_with_the_parameter_named() -> None:
 def test_study_and_summarize_on_the_tiny_model(llama) -> None:
     configs = {"bf16": CacheConfig(), "int4": CacheConfig("int4", group=8, residual=16)}
     texts = {32: [ids(32), ids(64)[32:]], 64: [ids(64)]}
-    raw = kv_cache.study(llama, configs, texts, 16, 2)
-    summary = kv_cache.summarize(raw, configs, "bf16", llama.config.to_dict(), 2048, seed=0)
+    raw = kv_study.study(llama, configs, texts, 16, 2)
+    summary = kv_study.summarize(raw, configs, "bf16", llama.config.to_dict(), 2048, seed=0)
     base, int4 = summary["bf16"], summary["int4"]
     assert base["config"] == {"dtype": "bf16"} and set(int4["config"]) == {"dtype", "keys", "values", "group", "residual"}
     assert base["contexts"]["32"]["items"] == 2 and base["contexts"]["64"]["items"] == 3  # every chunk but the first
@@ -156,7 +158,7 @@ def test_study_and_summarize_on_the_tiny_model(llama) -> None:
     assert int4["cache_bytes"] == int4["contexts"]["64"]["cache_bytes_formula"] < base["cache_bytes"]
     assert int4["deploy_cache_bytes"] < base["deploy_cache_bytes"]
     assert int4["contexts"]["64"]["decode_vs_baseline"] > 0 and int4["contexts"]["64"]["peak_bytes"] >= 0
-    table = kv_cache.markdown(summary, "bf16")
+    table = kv_study.markdown(summary, "bf16")
     assert table.count("\n") == 2 + 4 and "| int4 | 64 |" in table
 
 
@@ -166,9 +168,9 @@ def test_the_full_profile_applies_as_dvc_does_and_fits_the_embedded_model(tmp_pa
     root = Path(__file__).resolve().parents[1]
     shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
     apply_overrides(str(tmp_path / "params.yaml"), (root / "profiles" / "kv_full.txt").read_text().split())
-    p = params.load("kv", tmp_path / "params.yaml")
+    p = load(Kv, tmp_path / "params.yaml")
     smollm2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576,
                "max_position_embeddings": 8192}
-    assert p.contexts == (2048, 4096, 8192) and len(kv_cache.configs(p, smollm2)) > len(params.load("kv").configs)
+    assert p.contexts == (2048, 4096, 8192) and len(kv_cache.configs(p, smollm2)) > len(load(Kv).configs)
     # the figure: a bf16 cache of 8,192 tokens is 189 MB
     assert kv_cache.cache_bytes(CacheConfig(), 8192, smollm2) == 188_743_680

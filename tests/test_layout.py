@@ -13,31 +13,46 @@ from llmshrink.params import read
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "llmshrink"
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+MODULES = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                 for p in PACKAGE.rglob("*.py") if p != PACKAGE / "__init__.py")
 
 
-def imported_modules(path: Path) -> set[str]:
-    """The `llmshrink` modules a file imports (`from llmshrink import x`, `from llmshrink.x import y`), at any depth."""
-    found = set()
+def module_files(dotted: str) -> set[Path]:
+    """The library files importing `dotted` runs: the module's own file and the `__init__.py` of each package on the
+    way below `llmshrink` (up to the first part that is no module, e.g. a class imported from a module)."""
+    files, parts = set(), dotted.split(".")
+    for depth in range(2, len(parts) + 1):
+        path = ROOT.joinpath(*parts[:depth])
+        if (path / "__init__.py").is_file():
+            files.add(path / "__init__.py")
+        elif path.with_suffix(".py").is_file():
+            files.add(path.with_suffix(".py"))
+        else:
+            break
+    return files
+
+
+def imported_files(path: Path) -> set[Path]:
+    """The `llmshrink` files a file imports (`from llmshrink import x`, `from llmshrink.x.y import z`), at any depth."""
+    found: set[Path] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module == "llmshrink":
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("llmshrink."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "llmshrink":
+            found |= module_files(node.module)
+            found |= {f for a in node.names for f in module_files(f"{node.module}.{a.name}")}
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("llmshrink.")}
+            found |= {f for a in node.names if a.name.startswith("llmshrink.") for f in module_files(a.name)}
     return found
 
 
 def closure(path: Path) -> set[str]:
-    """Library files (`llmshrink/<m>.py`) a script needs, transitively."""
-    todo, seen = list(imported_modules(path)), set()
+    """Library files (`llmshrink/<m>.py`, `llmshrink/<package>/<m>.py`) a script needs, transitively."""
+    todo, seen = list(imported_files(path)), set()
     while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            todo += imported_modules(PACKAGE / f"{m}.py")
-    return {f"llmshrink/{m}.py" for m in seen}
+        file = todo.pop()
+        if file not in seen:
+            seen.add(file)
+            todo += imported_files(file)
+    return {f.relative_to(ROOT).as_posix() for f in seen}
 
 
 def stage_deps() -> dict[str, tuple[str, set[str]]]:
@@ -53,7 +68,7 @@ def stage_deps() -> dict[str, tuple[str, set[str]]]:
 
 @pytest.mark.parametrize("module", MODULES)
 def test_every_module_imports_on_its_own(module: str) -> None:
-    done = subprocess.run([sys.executable, "-c", f"import llmshrink.{module}"], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
 
 

@@ -11,11 +11,13 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmshrink import lora, models, params
+from llmshrink import lora, models, sources
 from llmshrink.data import qa_record
+from llmshrink.params import read
+from llmshrink.params.lora import Lora
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = params.read(ROOT / "params.yaml")
+PARAMS = read(ROOT / "params.yaml")
 SEED = PARAMS["seed"]
 STAGE_ARGS = ["models/width", "data/finetune.txt", "data/qa_train.jsonl", "models/base", "models/lora",
               "metrics/lora.json", "metrics/lora_loss.csv"]
@@ -30,15 +32,15 @@ def lora_section(**overrides: object) -> dict:
     return {**PARAMS["lora"], **FAST, **overrides}
 
 
-def lora_params(**overrides: object) -> params.Lora:
-    return params.Lora(**lora_section(**overrides))
+def lora_params(**overrides: object) -> Lora:
+    return Lora(**lora_section(**overrides))
 
 
 @pytest.fixture(scope="module")
 def pruned_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model (weights at std 0.1, so its logits can move) with 1 of every 8 consecutive inputs
     of each projection row zeroed (lowest |w|)."""
-    model, tokenizer = models.tiny_model({**PARAMS["model"]["tiny"], "initializer_range": 0.1}, seed=0)
+    model, tokenizer = sources.tiny_model({**PARAMS["model"]["tiny"], "initializer_range": 0.1}, seed=0)
     with torch.no_grad():
         for name, m in model.named_modules():
             if isinstance(m, torch.nn.Linear) and name != "lm_head":

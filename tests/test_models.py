@@ -11,7 +11,7 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
-from llmshrink import models
+from llmshrink import canonical, family, models, sources
 from llmshrink.params import read
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def run_stage(tmp_path: Path, model: dict) -> subprocess.CompletedProcess:
 
 def test_tiny_round_trip(tiny_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
-    fresh, tokenizer = models.tiny_model(
+    fresh, tokenizer = sources.tiny_model(
         {k: getattr(model.config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                 "num_attention_heads", "num_key_value_heads")}, seed=0)
     ids = AutoTokenizer.from_pretrained(tiny_dir)("Hello world, this is a test.", return_tensors="pt").input_ids
@@ -43,8 +43,8 @@ def test_tiny_round_trip(tiny_dir: Path) -> None:
 def test_tiny_is_deterministic() -> None:
     dims = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 2, "num_key_value_heads": 1}
-    a, _ = models.tiny_model(dims, seed=3)
-    b, _ = models.tiny_model(dims, seed=3)
+    a, _ = sources.tiny_model(dims, seed=3)
+    b, _ = sources.tiny_model(dims, seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
@@ -60,24 +60,24 @@ def test_embedded_model_knows_paris(embedded_dir: Path) -> None:
 
 
 def test_local_source_and_missing_path(tiny_dir: Path, tmp_path: Path) -> None:
-    model, _ = models.load_local(tiny_dir)
+    model, _ = sources.load_local(tiny_dir)
     assert model.config.num_hidden_layers == 8
     with pytest.raises(FileNotFoundError, match="model.local_path"):
-        models.load_local(tmp_path / "nowhere")
+        sources.load_local(tmp_path / "nowhere")
 
 
 def test_non_llama_architecture_is_refused(tmp_path: Path) -> None:
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not supported.*LlamaForCausalLM"):
-        models.check_architecture(AutoConfig.from_pretrained(tmp_path))
+        family.check(AutoConfig.from_pretrained(tmp_path))
     with pytest.raises(ValueError, match="gpt2"):
-        models.load_local(tmp_path)
+        sources.load_local(tmp_path)
 
 
 def test_hub_unreachable_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="model.hub_id"):
-        models.load_hub("meta-llama/Llama-3.2-1B-Instruct-does-not-exist", "main")
+        sources.load_hub("meta-llama/Llama-3.2-1B-Instruct-does-not-exist", "main")
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,7 @@ def test_canonical_metadata_does_not_depend_on_set_order(tmp_path: Path) -> None
     for i, text in enumerate(texts):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "adapter_config.json").write_text(text)
-        models.canonicalize(tmp_path / str(i))
+        canonical.canonicalize(tmp_path / str(i))
     first, second = ((tmp_path / str(i) / "adapter_config.json").read_bytes() for i in range(2))
     assert first == second and first.endswith(b"\n")
     assert json.loads(first) == {"r": 8, "target_modules": ["k_proj", "q_proj"]}

@@ -3,8 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from llmshrink import params
-from llmshrink.params import choice, in_range, integer, read
+from llmshrink.params import choice, in_range, integer, load, load_seed, read
+from llmshrink.params.gptq import Eora
+from llmshrink.params.sections import SECTIONS
+from llmshrink.params.width import Wanda
 
 
 def test_unquoted_n_m_pattern_stays_a_string(tmp_path: Path) -> None:
@@ -33,25 +35,26 @@ def test_integer_refuses_bools_floats_and_out_of_range() -> None:
 
 def test_every_section_of_the_repo_params_loads(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1] / "params.yaml"
-    assert params.load("seed", root) == 0
-    for section, cls in params.SECTIONS.items():
-        assert isinstance(params.load(section, root), cls), section
-    w = params.load("wanda", root)
+    assert load_seed(root) == 0
+    for section, cls in SECTIONS.items():
+        assert cls.SECTION == section and isinstance(load(cls, root), cls), section
+    w = load(Wanda, root)
     assert (w.n, w.m, w.target, w.name) == (1, 8, 0.125, "1:8")
-    with pytest.raises(ValueError, match=r"params\.yaml has no section 'nope'"):
-        params.load("nope", root)
+    with pytest.raises(ValueError, match=r"params\.yaml has no section 'wanda'"):
+        (tmp_path / "params.yaml").write_text("seed: 0\n")
+        load(Wanda, tmp_path / "params.yaml")
 
 
 def test_load_refuses_unknown_missing_and_bad_values(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("seed: -1\neora: {enabled: true, rank: 8, samples: 4, seq_len: 64, seed: 0}\n")
     with pytest.raises(ValueError, match=r"seed=-1 is out of range; allowed \[0, inf\]"):
-        params.load("seed", path)
+        load_seed(path)
     with pytest.raises(ValueError, match=r"eora\.seed is not a parameter"):
-        params.load("eora", path)
+        load(Eora, path)
     path.write_text("eora: {enabled: true, rank: 8, samples: 4}\n")
     with pytest.raises(ValueError, match=r"eora\.seq_len is missing from params\.yaml"):
-        params.load("eora", path)
+        load(Eora, path)
     path.write_text("eora: {enabled: yes, rank: 8, samples: 4, seq_len: 64}\n")  # YAML 1.2: `yes` is a string
     with pytest.raises(ValueError, match=r"eora\.enabled='yes' is not allowed"):
-        params.load("eora", path)
+        load(Eora, path)

@@ -1,6 +1,7 @@
 """The DVC wiring itself: `dvc repro` of the whole pipeline on the tiny model in a temporary git repo."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from llmshrink import llamacpp
@@ -116,6 +118,8 @@ def test_metrics_show_lists_every_checkpoint(repo: Path) -> None:
     out = sh(repo, "dvc", "metrics", "show")
     for name in ["base", "depth", "width", "lora", "gptq", "eora"]:
         assert f"metrics/eval/{name}.json" in out
+    environment = json.loads((repo / "metrics" / "eval" / "base.json").read_text())["environment"]
+    assert torch.__version__.startswith(environment["versions"]["torch"]) and environment["hardware"]["cpus"] > 0
 
 
 def test_changing_prune_layers_does_not_rescore(repo: Path) -> None:

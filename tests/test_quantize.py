@@ -6,6 +6,8 @@ import filecmp
 import json
 import os
 import runpy
+from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -13,18 +15,22 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors import safe_open
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from llmshrink import models, params, quantize, wanda
+from llmshrink import family, models, quantize, wanda
 from llmshrink.calib import token_windows, tokenize
+from llmshrink.params import MODULES
+from llmshrink.params.gptq import Eora, Gptq
+from llmshrink.params.width import Wanda
 from llmshrink.perplexity import windows
 
 # tiny model: hidden 64, intermediate 128, so GPTQ groups of 32 or 64 on CPU
 GPTQ_SECTION = {"enabled": True, "bits": 4, "group_size": 32, "desc_act": False, "damp_percent": 0.05, "sym": True,
                 "keep_sparsity": True, "samples": 16, "seq_len": 128}
 EORA_SECTION = {"enabled": True, "rank": 16, "samples": 16, "seq_len": 128}  # rank 8 of width 64 compensates too little
-GPTQ = params.Gptq(**GPTQ_SECTION)
-EORA = params.Eora(**EORA_SECTION)
+GPTQ = Gptq(**GPTQ_SECTION)
+EORA = Eora(**EORA_SECTION)
 CPU = torch.device("cpu")
 CALIB_CHARS = 100_000  # calibration from the head of the prose, held-out text from its tail
 
@@ -50,7 +56,7 @@ def eora_run(work: Path, tiny_dir: Path, gptq_run: tuple[Path, dict], prose: str
 def wanda_dir(work: Path, tiny_dir: Path, prose: str) -> Path:
     """The tiny model with WANDA 2:4 on every linear layer of the decoder."""
     model, tokenizer = models.load(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
-    s = params.Wanda(enabled=True, pattern="2:4", modules=list(params.MODULES), dense_layers=[], samples=8, seq_len=64)
+    s = Wanda(enabled=True, pattern="2:4", modules=list(MODULES), dense_layers=[], samples=8, seq_len=64)
     wanda.prune(model, token_windows(tokenizer, prose[:CALIB_CHARS], s.samples, s.seq_len, seed=0), s)
     models.save(model, tokenizer, work / "wanda", "float32")
     return work / "wanda"
@@ -98,7 +104,7 @@ def test_quantize_reload_generate(gptq_run: tuple[Path, dict], tiny_dir: Path) -
         packed = sum(f.get_tensor(k).nbytes for k in f.keys() if k.endswith(".qweight"))
     assert packed == sum(i * o for i, o in models.linear_shapes(tiny_dir).values()) * 4 // 8
     model = load(out)
-    assert sum(type(m).__module__.startswith("gptqmodel") for m in model.modules()) == 7 * len(models.decoder_layers(model))
+    assert sum(type(m).__module__.startswith("gptqmodel") for m in model.modules()) == 7 * len(family.layers(model))
     prompt = torch.tensor([[1, 504, 3458, 314]])
     generated = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert generated.shape == (1, 9) and torch.equal(generated[:, :4], prompt)
@@ -125,6 +131,59 @@ def test_eora_brings_logits_closer(
     assert kl(compensated, reference_logits) < 0.6 * kl(quantized, reference_logits)  # seen: 0.39
 
 
+def counted_eigh(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """From now on, the shape of every matrix `torch.linalg.eigh` decomposes, in call order, but for the 4 x 4 ones
+    of GPTQModel's linalg warm-up (`gptqmodel.utils.linalg_warmup`)."""
+    shapes: list[tuple[int, ...]] = []
+    eigh = torch.linalg.eigh
+
+    def counting(a: torch.Tensor, *args: object, **kwargs: object) -> object:
+        if tuple(a.shape) != (4, 4):
+            shapes.append(tuple(a.shape))
+        return eigh(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", counting)
+    return shapes
+
+
+def test_eigh_once_decomposes_an_equal_matrix_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    shapes = counted_eigh(monkeypatch)
+    a, b = (torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    a, b = a @ a.T, b @ b.T
+    expected = torch.linalg.eigh(a)
+    shapes.clear()
+    with quantize.eigh_once():
+        first, again = torch.linalg.eigh(a), torch.linalg.eigh(a.clone())
+        again.eigenvectors.zero_()  # a caller's result is its own
+        third = torch.linalg.eigh(a.clone())
+        torch.linalg.eigh(b)
+        torch.linalg.eigh(a, UPLO="U")  # other arguments: the stock eigh, uncached
+    assert len(shapes) == 3 and torch.linalg.eigh.__name__ == "counting"  # restored after the block
+    for result in (first, third):
+        assert all(torch.equal(x, y) for x, y in zip(result, expected))
+
+
+def test_eora_decomposes_each_input_covariance_once(
+    work: Path, tiny_dir: Path, gptq_run: tuple[Path, dict], prose: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per layer one eigendecomposition for q/k/v, o, gate/up and down each (GPTQModel's own path: 7), and the
+    adapter GPTQModel's own path writes, tensor for tensor."""
+    config = json.loads((tiny_dir / "config.json").read_text())
+    layers, hidden, intermediate = (config[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size"))
+    shapes = counted_eigh(monkeypatch)
+    quantize.eora(tiny_dir, gptq_run[0], work / "eora_once", EORA, prose[:CALIB_CHARS], seed=0, on=CPU)
+    assert Counter(shapes) == {(hidden, hidden): 3 * layers, (intermediate, intermediate): layers}
+    shapes.clear()
+    monkeypatch.setattr(quantize, "eigh_once", nullcontext)
+    quantize.eora(tiny_dir, gptq_run[0], work / "eora_stock", EORA, prose[:CALIB_CHARS], seed=0, on=CPU)
+    assert Counter(shapes) == {(hidden, hidden): 6 * layers, (intermediate, intermediate): layers}
+    adapters = [load_file(work / run / "adapter" / "adapter_model.safetensors") for run in ("eora_once", "eora_stock")]
+    assert adapters[0].keys() == adapters[1].keys() and len(adapters[0]) == 2 * 7 * layers
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+    assert filecmp.cmp(work / "eora_once" / "adapter" / "adapter_config.json",
+                       work / "eora_stock" / "adapter" / "adapter_config.json", shallow=False)
+
+
 @pytest.mark.parametrize("group_size", [128, 256])
 def test_group_size_not_dividing_widths_fails_before_work(tmp_path: Path, tiny_dir: Path, group_size: int) -> None:
     out = tmp_path / "gptq"
@@ -138,9 +197,9 @@ def test_invalid_params_name_the_parameter() -> None:
     for key, bad, message in [("bits", 5, r"gptq\.bits=5.*\[2, 3, 4, 8\]"), ("damp_percent", 0, r"gptq\.damp_percent=0"),
                               ("group_size", 48, r"gptq\.group_size=48"), ("samples", 0, r"gptq\.samples=0")]:
         with pytest.raises(ValueError, match=message):
-            params.Gptq(**{**GPTQ_SECTION, key: bad})
+            Gptq(**{**GPTQ_SECTION, key: bad})
     with pytest.raises(ValueError, match=r"eora\.rank=0"):
-        params.Eora(**{**EORA_SECTION, "rank": 0})
+        Eora(**{**EORA_SECTION, "rank": 0})
 
 
 def test_eora_rank_above_smallest_layer_fails(tmp_path: Path, tiny_dir: Path, gptq_run: tuple[Path, dict]) -> None:
@@ -228,3 +287,61 @@ def test_8_bit_gptq_on_cpu_loads_even_when_float32_is_asked(work: Path, wanda_di
         quantize.gptq(wanda_dir, four, GPTQ, prose[:CALIB_CHARS], seed=0, on=CPU)
     reference = logits(models.load(wanda_dir), heldout)
     assert relative_error(logits(model, heldout), reference) < relative_error(logits(load(four), heldout), reference)
+
+
+@pytest.fixture(scope="module")
+def gptqmodel_layers(eora_run: tuple[Path, dict]) -> torch.nn.Module:
+    """The EoRA checkpoint on GPTQModel's reference torch kernel, in bfloat16 (what the GPU path converts from)."""
+    from gptqmodel import BACKEND, GPTQModel
+    from gptqmodel.adapter.adapter import Lora
+
+    path = eora_run[0]
+    adapter = Lora(rank=EORA.rank, path=str(path / models.ADAPTER_DIR))
+    return GPTQModel.load(str(path), adapter=adapter, device="cpu", dtype=torch.bfloat16,
+                          backend=BACKEND.TORCH).model.eval()
+
+
+@torch.no_grad()
+def test_tinygemm_layers_compute_what_gptqmodel_computes(gptqmodel_layers: torch.nn.Module, heldout: torch.Tensor) -> None:
+    """The GPTQ grid moved onto tinygemm's layout: same matrix, same outputs (the one-row kernel path and the
+    many-row dequantized path), the EoRA adapter included; then the whole model's logits."""
+    from llmshrink import int4
+
+    torch.manual_seed(0)
+    layers = models.quantized_modules(gptqmodel_layers)
+    for module in layers[:4]:
+        moved = int4.Int4Linear.from_gptq(module)
+        assert moved.lora_A is not None
+        want = module.dequantize_weight(num_itr=1).float()
+        assert torch.allclose(moved.dequantize_weight().float(), want, atol=2e-2 * want.abs().max().item())
+        for rows in (1, int4.DENSE_ROWS + 36):
+            x = torch.randn(rows, module.in_features, dtype=torch.bfloat16)
+            ref, got = module(x).float(), moved(x).float()
+            assert (got - ref).abs().max() <= 0.02 * ref.abs().max(), rows
+    want = logits(gptqmodel_layers, heldout[:1])
+    assert int4.convert(gptqmodel_layers) == len(layers)
+    assert all(isinstance(m, int4.Int4Linear) for m in models.quantized_modules(gptqmodel_layers))
+    assert relative_error(logits(gptqmodel_layers, heldout[:1]), want) < 0.02
+
+
+def test_tinygemm_refuses_layers_it_cannot_run() -> None:
+    from types import SimpleNamespace
+
+    from llmshrink import int4
+
+    layer = dict(bits=4, group_size=32, in_features=64, out_features=32, g_idx=torch.arange(64) // 32)
+    assert int4.why_not(SimpleNamespace(**layer)) is None
+    assert "8 bits" in int4.why_not(SimpleNamespace(**{**layer, "bits": 8}))
+    assert "act-order" in int4.why_not(SimpleNamespace(**{**layer, "g_idx": torch.arange(64).flip(0) // 32}))
+    assert "group size 48" in int4.why_not(SimpleNamespace(**{**layer, "group_size": 48}))
+
+
+def test_tinygemm_round_to_nearest_stays_within_half_a_step() -> None:
+    from llmshrink import int4
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(128, 16)
+    moved = int4.Int4Linear.round_to_nearest(linear, 32)
+    step = moved.scales_and_zeros[..., 0].t().repeat_interleave(32, dim=1).float()
+    error = (moved.dequantize_weight().t().float() - linear.weight).abs()
+    assert (error <= 0.5 * step + 1e-2 * step + 2e-3).all()

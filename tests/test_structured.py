@@ -12,23 +12,25 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmshrink import models, params, structured
+from llmshrink import family, models, sources, structured
 from llmshrink.calib import token_windows
+from llmshrink.params import read
+from llmshrink.params.width import Structured
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = params.read(ROOT / "params.yaml")
+BASE = read(ROOT / "params.yaml")
 DIMS = {**BASE["model"]["tiny"], "num_attention_heads": 8}  # 2 KV groups of 4 query heads, head_dim 8
 SHARES = {"mlp": 0.25, "kv_groups": 0.5, "query_heads": 0.5}
 STAGE_ARGS = ["models/depth", "data/calibration.txt", "models/width", "metrics/width.json"]
 
 
-def settings(**overrides: object) -> params.Structured:
-    return params.Structured(**{**BASE["structured"], **SHARES, "samples": 6, "seq_len": 48, **overrides})
+def settings(**overrides: object) -> Structured:
+    return Structured(**{**BASE["structured"], **SHARES, "samples": 6, "seq_len": 48, **overrides})
 
 
 @pytest.fixture(scope="module")
 def original() -> torch.nn.Module:
-    return models.tiny_model(DIMS, seed=0)[0].eval()
+    return sources.tiny_model(DIMS, seed=0)[0].eval()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def calib(tiny_dir: Path, prose: str) -> torch.Tensor:
 
 @pytest.fixture(scope="module", params=["wanda", "activation"])
 def pruned(request, original: torch.nn.Module, calib: torch.Tensor) -> tuple[str, torch.nn.Module, dict]:
-    model, report = structured.prune(models.tiny_model(DIMS, seed=0)[0], calib, settings(importance=request.param))
+    model, report = structured.prune(sources.tiny_model(DIMS, seed=0)[0], calib, settings(importance=request.param))
     return request.param, model, report
 
 
@@ -49,7 +51,7 @@ def matches(blocks: torch.Tensor, of: torch.Tensor) -> list[int]:
 
 def kept(original: torch.nn.Module, model: torch.nn.Module, layer: int) -> dict[str, list[int]]:
     """Kept MLP channels, query heads and KV groups of `layer`, found by matching the weights."""
-    a, b = models.decoder_layers(original)[layer], models.decoder_layers(model)[layer]
+    a, b = family.layers(original)[layer], family.layers(model)[layer]
     d = structured.head_dim(original.config)
     heads = lambda w, n: w.reshape(n, -1)  # noqa: E731 - one row per head: its head_dim rows of the matrix
     return {"mlp": matches(b.mlp.gate_proj.weight, a.mlp.gate_proj.weight),
@@ -64,7 +66,7 @@ def kept(original: torch.nn.Module, model: torch.nn.Module, layer: int) -> dict[
 def own_scores(model: torch.nn.Module, calib: torch.Tensor, layer: int, importance: str) -> dict[str, torch.Tensor]:
     """Channel, query-head and group scores of one layer from a forward pass with hooks of this test's own."""
     sums: dict[str, torch.Tensor] = {}
-    lay = models.decoder_layers(model)[layer]
+    lay = family.layers(model)[layer]
     mods = {"x": lay.mlp.up_proj, "z": lay.mlp.down_proj, "xa": lay.self_attn.v_proj, "y": lay.self_attn.o_proj}
     hs = [m.register_forward_pre_hook(lambda _m, a, k=k: sums.__setitem__(k, sums.get(k, 0) + a[0].double()
                                                                           .flatten(0, 1).pow(2).sum(0)))
@@ -105,9 +107,9 @@ def test_loads_with_from_pretrained_in_the_promised_shapes(pruned, tmp_path: Pat
 
 def test_logits_equal_the_masked_original(pruned, original: torch.nn.Module, calib: torch.Tensor) -> None:
     _, model, _ = pruned
-    masked = models.tiny_model(DIMS, seed=0)[0].eval()
+    masked = sources.tiny_model(DIMS, seed=0)[0].eval()
     with torch.no_grad():
-        for i, layer in enumerate(models.decoder_layers(masked)):
+        for i, layer in enumerate(family.layers(masked)):
             k = kept(original, model, i)
             drop = [c for c in range(128) if c not in k["mlp"]]
             layer.mlp.down_proj.weight[:, drop] = 0

@@ -11,7 +11,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from llmshrink import params, sweep
+from llmshrink import frontier, sweep
+from llmshrink.grid import expand, experiments, render
+from llmshrink.params import read
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = {"params": {"prune.layers": [0, 2], "wanda.pattern": ["1:8", "2:4", "unstructured:0.5"],
@@ -21,18 +23,18 @@ GRID = {"params": {"prune.layers": [0, 2], "wanda.pattern": ["1:8", "2:4", "unst
 # --- grid -----------------------------------------------------------------------------------------------------
 
 def test_product_in_order_first_key_slowest() -> None:
-    combos = sweep.expand(GRID)
+    combos = expand(GRID)
     assert len(combos) == 2 * 3 * 2
     assert combos[0] == {"prune.layers": 0, "wanda.pattern": "1:8", "eora.enabled": True}
     assert combos[1] == {"prune.layers": 0, "wanda.pattern": "1:8", "eora.enabled": False}
     assert combos[2]["wanda.pattern"] == "2:4" and combos[6]["prune.layers"] == 2
-    assert combos == sweep.expand(GRID)
+    assert combos == expand(GRID)
 
 
 def test_exclusions_drop_combinations_matching_every_key_and_fixed_applies_to_all() -> None:
     grid = {**GRID, "exclude": [{"prune.layers": 0, "wanda.pattern": "2:4"}, {"eora.enabled": False}],
             "fixed": {"gptq.bits": 8, "lora.dataset": "triviaqa"}}
-    combos = sweep.expand(grid)
+    combos = expand(grid)
     assert len(combos) == 2 * 3 - 1
     assert all(c["eora.enabled"] is True and c["gptq.bits"] == 8 and c["lora.dataset"] == "triviaqa" for c in combos)
     assert {"prune.layers": 0, "wanda.pattern": "2:4"}.items() not in [c.items() for c in combos]
@@ -41,16 +43,16 @@ def test_exclusions_drop_combinations_matching_every_key_and_fixed_applies_to_al
 
 def test_exclusion_is_type_strict_true_is_not_one() -> None:
     grid = {"params": {"prune.layers": [0, 1], "eora.enabled": [True, False]}, "exclude": [{"eora.enabled": True}]}
-    assert [c["eora.enabled"] for c in sweep.expand(grid)] == [False, False]
+    assert [c["eora.enabled"] for c in expand(grid)] == [False, False]
 
 
 def test_shipped_grids() -> None:
-    thesis, cpu = (sweep.expand(params.read(ROOT / "sweeps" / f"{n}.yaml")) for n in ("thesis", "cpu"))
+    thesis, cpu = (expand(read(ROOT / "sweeps" / f"{n}.yaml")) for n in ("thesis", "cpu"))
     assert len(thesis) == 3 * (1 + 4) * 2 * 2 * 2 == 120
     assert not any(c["wanda.enabled"] is False and c["wanda.pattern"] != "1:8" for c in thesis)
     assert len(cpu) == 12 and all(c["gptq.bits"] == 4 for c in cpu)
-    defaults = params.read(ROOT / "params.yaml")
-    for exp_name, assignment in sweep.experiments(params.read(ROOT / "sweeps" / "thesis.yaml"), "thesis"):
+    defaults = read(ROOT / "params.yaml")
+    for exp_name, assignment in experiments(read(ROOT / "sweeps" / "thesis.yaml"), "thesis"):
         sweep.validate(assignment, defaults, exp_name)
 
 
@@ -70,7 +72,7 @@ def test_shipped_grids() -> None:
 ])
 def test_malformed_grid_names_the_key(grid: Any, key: str) -> None:
     with pytest.raises(ValueError, match=re.escape(key)):
-        sweep.expand(grid)
+        expand(grid)
 
 
 @pytest.mark.parametrize("value, text", [
@@ -79,13 +81,13 @@ def test_malformed_grid_names_the_key(grid: Any, key: str) -> None:
     (["q_proj", "k_proj"], "[q_proj,k_proj]"), ([], "[]"),
 ])
 def test_values_render_as_dvc_set_param(value: Any, text: str) -> None:
-    assert sweep.render(value) == text
+    assert render(value) == text
 
 
 def test_grid_file_reads_as_yaml_1_2(tmp_path: Path) -> None:
     path = tmp_path / "g.yaml"
     path.write_text("params:\n  wanda.pattern: [2:4, 1:8]\n  eora.enabled: [true, false]\n  eval.limit: [null]\n")
-    first = sweep.expand(params.read(path))[0]
+    first = expand(read(path))[0]
     assert first == {"wanda.pattern": "2:4", "eora.enabled": True, "eval.limit": None}
     assert sweep.command("x", first) == ["dvc", "exp", "run", "--queue", "--name", "x", "-S", "wanda.pattern=2:4",
                                          "-S", "eora.enabled=true", "-S", "eval.limit=null"]
@@ -94,7 +96,7 @@ def test_grid_file_reads_as_yaml_1_2(tmp_path: Path) -> None:
 # --- names and queueing ---------------------------------------------------------------------------------------
 
 def test_names_readable_valid_git_refs_and_unique() -> None:
-    exps = sweep.experiments(params.read(ROOT / "sweeps" / "thesis.yaml"), "thesis")
+    exps = experiments(read(ROOT / "sweeps" / "thesis.yaml"), "thesis")
     names = [n for n, _ in exps]
     assert "L2-w1_8-wikitext-b4-eoraT" in names and "L4-wandaoff-triviaqa-b8-eoraF" in names
     assert "L0-wunstructured_0_5-wikitext-b4-eoraT" in names
@@ -107,12 +109,12 @@ def test_names_readable_valid_git_refs_and_unique() -> None:
 def test_colliding_names_and_nothing_varied() -> None:
     grid = {"params": {"prune.layers": [0], "wanda.enabled": [True, False], "wanda.pattern": ["1:8", "2:4"]}}
     with pytest.raises(ValueError, match="'wandaoff'"):  # WANDA off ignores the pattern: exclude all but one
-        sweep.experiments(grid, "g")
-    assert sweep.experiments({"params": {"prune.layers": [3]}}, "single") == [("single", {"prune.layers": 3})]
+        experiments(grid, "g")
+    assert experiments({"params": {"prune.layers": [3]}}, "single") == [("single", {"prune.layers": 3})]
 
 
 def test_validate_against_the_params_schema() -> None:
-    defaults = params.read(ROOT / "params.yaml")
+    defaults = read(ROOT / "params.yaml")
     sweep.validate({"wanda.pattern": "2:4", "gptq.bits": 8}, defaults, "ok")
     with pytest.raises(ValueError, match=r"bad: wanda.pattern='3:2'"):
         sweep.validate({"wanda.pattern": "3:2"}, defaults, "bad")
@@ -127,7 +129,7 @@ def test_queue_submits_to_dvcs_queue_then_starts_it(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, check: ran.append(cmd))
     assert sweep.queue(grid, jobs=2, run=False, dry_run=True, params_path=ROOT / "params.yaml") and not ran
     sweep.queue(grid, jobs=2, run=True, params_path=ROOT / "params.yaml")
-    outside = [a for k, v in sweep.outside_paths(params.read(ROOT / "params.yaml"), ROOT).items() for a in ("-S", f"{k}={v}")]
+    outside = [a for k, v in sweep.outside_paths(read(ROOT / "params.yaml"), ROOT).items() for a in ("-S", f"{k}={v}")]
     assert ran == [["dvc", "exp", "run", "--queue", "--name", "L0", "-S", "prune.layers=0", "-S", "wanda.pattern=2:4", *outside],
                    ["dvc", "exp", "run", "--queue", "--name", "L2", "-S", "prune.layers=2", "-S", "wanda.pattern=2:4", *outside],
                    ["dvc", "queue", "start", "-j", "2"]]
@@ -175,21 +177,21 @@ for _col in ("ppl_news", "qa_acc"):
 
 
 def test_pareto_keeps_ties_and_drops_dominated() -> None:
-    front = sweep.pareto(ROWS, "disk_bytes_vs_base", {"ppl_news": "min", "qa_acc": "max"})
+    front = frontier.pareto(ROWS, "disk_bytes_vs_base", {"ppl_news": "min", "qa_acc": "max"})
     assert front.tolist() == [True, True, False, True, True, False]
     # on accuracy alone the smaller equally accurate row beats best_ppl
-    assert not sweep.pareto(ROWS, "disk_bytes_vs_base", {"qa_acc": "max"})[4]
+    assert not frontier.pareto(ROWS, "disk_bytes_vs_base", {"qa_acc": "max"})[4]
     with pytest.raises(ValueError, match="'lower'"):
-        sweep.pareto(ROWS, "disk_bytes_vs_base", {"qa_acc": "lower"})
+        frontier.pareto(ROWS, "disk_bytes_vs_base", {"qa_acc": "lower"})
 
 
 def test_quality_columns_and_recommendation_under_budget() -> None:
-    assert sweep.quality_columns(ROWS) == {"ppl_news": "min", "qa_acc": "max"}
-    assert sweep.recommend(ROWS, 0.55)["experiment"] == "a"  # first of the tie
-    assert sweep.recommend(ROWS, 1.0)["experiment"] == "best_ppl"
-    assert sweep.recommend(ROWS, 0.4)["experiment"] == "smallest"
-    assert sweep.recommend(ROWS, 0.65, primary="qa_acc")["experiment"] == "a"
-    assert sweep.recommend(ROWS, 0.2) is None
+    assert frontier.quality_columns(ROWS) == {"ppl_news": "min", "qa_acc": "max"}
+    assert frontier.recommend(ROWS, 0.55)["experiment"] == "a"  # first of the tie
+    assert frontier.recommend(ROWS, 1.0)["experiment"] == "best_ppl"
+    assert frontier.recommend(ROWS, 0.4)["experiment"] == "smallest"
+    assert frontier.recommend(ROWS, 0.65, primary="qa_acc")["experiment"] == "a"
+    assert frontier.recommend(ROWS, 0.2) is None
 
 
 def evaluation(disk: int, ppl: float, acc: float) -> dict[str, Any]:
@@ -214,7 +216,7 @@ def numeric(tree: Any) -> Any:
 def exp_state(rev: str, name: str | None, layers: int, pattern: str, files: dict[str, Any] | None) -> dict[str, Any]:
     """One ExpState of `dvc exp show --json` (dvc/repo/experiments/serialize.py)."""
     metrics = {path: {"data": numeric(data)} for path, data in (files or {}).items()} or {
-        sweep.FINAL: {"error": {"type": "FileNotFoundError", "msg": "[Errno 2] No such file or directory"}}}
+        frontier.FINAL: {"error": {"type": "FileNotFoundError", "msg": "[Errno 2] No such file or directory"}}}
     return {"rev": rev, "name": name, "error": None, "experiments": None,
             "data": {"rev": rev, "timestamp": "2025-01-01T00:00:00",
                      "params": {"params.yaml": {"data": {"seed": 0, "prune": {"layers": layers, "samples": 8},
@@ -233,8 +235,8 @@ def files(disk: int, ppl: float, acc: float, decode: float, benchmarked: str) ->
     lock = {"stages": {"eora": {"outs": [{"path": "models/eora", "md5": f"{disk}.dir"}]},
                        "benchmark": {"deps": [{"path": "models/base", "md5": "base.dir"},
                                               {"path": "models/eora", "md5": benchmarked}]}}}
-    return {sweep.FINAL: evaluation(disk, ppl, acc), sweep.BASE: evaluation(1000, 10.0, 0.5), "dvc.lock": lock,
-            sweep.BENCHMARK: {"machine": {"device": "cpu"},
+    return {frontier.FINAL: evaluation(disk, ppl, acc), frontier.BASE: evaluation(1000, 10.0, 0.5), "dvc.lock": lock,
+            frontier.BENCHMARK: {"machine": {"device": "cpu"},
                               "checkpoints": {"base": {"decode_vs_base": 1.0}, "eora": {"decode_vs_base": decode}}}}
 
 
@@ -265,12 +267,12 @@ def dvc_exp_show(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
             raise subprocess.CalledProcessError(128, cmd)
         return subprocess.CompletedProcess(cmd, 0, json.dumps(COMMITTED[rev][path]), "")
 
-    monkeypatch.setattr(sweep.subprocess, "run", run)
+    monkeypatch.setattr(frontier.subprocess, "run", run)
     return show
 
 
 def test_collect_one_row_per_finished_experiment(dvc_exp_show: list[dict[str, Any]]) -> None:
-    df = sweep.collect().set_index("experiment")
+    df = frontier.collect().set_index("experiment")
     assert list(df.index) == ["main", "L4-2_4", "L2-2_4", "L2-1_8"]  # no workspace, queued or failed
     assert [c for c in df.columns if "." in c] == ["prune.layers", "wanda.pattern"]  # only params that differ
     assert df.loc["L4-2_4", "disk_bytes"] == 300 and df.loc["L4-2_4", "disk_bytes_vs_base"] == pytest.approx(0.3)
@@ -279,16 +281,16 @@ def test_collect_one_row_per_finished_experiment(dvc_exp_show: list[dict[str, An
     assert (df.loc["L2-2_4", ["ppl_news", "ppl_news_lo", "ppl_news_hi"]] == [12.0, 11.0, 13.0]).all()
     assert df.loc["L2-2_4", ["qa_match", "qa_match_lo", "qa_match_hi"]].tolist() == pytest.approx([0.55, 0.5, 0.6])
     assert df.loc["L2-1_8", "arc_easy_acc_norm_hi"] == pytest.approx(0.5)
-    assert sweep.quality_columns(df) == {"ppl_news": "min", "qa_exact_match": "max", "qa_match": "max",
+    assert frontier.quality_columns(df) == {"ppl_news": "min", "qa_exact_match": "max", "qa_match": "max",
                                          "arc_easy_acc": "max", "arc_easy_acc_norm": "max"}
 
 
 def test_collect_reads_the_given_baselines(dvc_exp_show: list[dict[str, Any]],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[str]] = []
-    run = sweep._run
-    monkeypatch.setattr(sweep, "_run", lambda cmd: calls.append(cmd) or run(cmd))
-    assert len(sweep.collect(["abc1234", "main"])) == len(sweep.collect()) == 4
+    run = frontier._run
+    monkeypatch.setattr(frontier, "_run", lambda cmd: calls.append(cmd) or run(cmd))
+    assert len(frontier.collect(["abc1234", "main"])) == len(frontier.collect()) == 4
     assert [c[4:] for c in calls if c[:2] == ["dvc", "exp"]] == [["--rev", "abc1234", "--rev", "main"], []]
 
 
@@ -296,7 +298,7 @@ def test_collect_leaves_out_rows_evaluated_otherwise(dvc_exp_show: list[dict[str
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """A baseline evaluated on more windows than its sweep's experiments is not comparable with them."""
     dvc_exp_show[1]["data"]["params"]["params.yaml"]["data"]["eval"] = {"max_windows": 33}
-    df = sweep.collect()
+    df = frontier.collect()
     assert list(df["experiment"]) == ["L4-2_4", "L2-2_4", "L2-1_8"]
     assert "left out main" in capsys.readouterr().out
     assert "eval.max_windows" not in df.columns
@@ -304,23 +306,23 @@ def test_collect_leaves_out_rows_evaluated_otherwise(dvc_exp_show: list[dict[str
 
 def test_frontier_writes_csv_summary_and_plots(dvc_exp_show: list[dict[str, Any]], tmp_path: Path) -> None:
     out = tmp_path / "metrics" / "frontier.csv"
-    sweep.frontier(out, 0.55)
+    frontier.write(out, 0.55)
     df = pd.read_csv(out).set_index("experiment")
     assert df["pareto"].to_dict() == {"main": True, "L4-2_4": True, "L2-2_4": True, "L2-1_8": False}
     md = out.with_suffix(".md").read_text()
     assert "**L2-2_4**" in md and "L2-1_8" not in md
     plots = sorted(p.name for p in (tmp_path / "metrics" / "plots" / "frontier").iterdir())
-    assert plots == [f"size_vs_{k}.png" for k in sorted(sweep.quality_columns(df))]
+    assert plots == [f"size_vs_{k}.png" for k in sorted(frontier.quality_columns(df))]
 
 
 def test_frontier_keeps_a_table_of_more_experiments_unless_forced(dvc_exp_show: list[dict[str, Any]],
                                                                   tmp_path: Path) -> None:
     """An empty `dvc exp show` (experiments not pulled) finds the baseline alone: the 4-row table stays."""
     out = tmp_path / "frontier.csv"
-    sweep.frontier(out, 0.55)
+    frontier.write(out, 0.55)
     written = out.read_bytes(), out.with_suffix(".md").read_bytes()
     dvc_exp_show[1]["experiments"] = []
     with pytest.raises(ValueError, match=r"frontier\.csv holds 4 experiments and `dvc exp show` finds 1.*--force"):
-        sweep.frontier(out, 0.55)
+        frontier.write(out, 0.55)
     assert (out.read_bytes(), out.with_suffix(".md").read_bytes()) == written
-    assert len(sweep.frontier(out, 0.55, force=True)) == len(pd.read_csv(out)) == 1
+    assert len(frontier.write(out, 0.55, force=True)) == len(pd.read_csv(out)) == 1

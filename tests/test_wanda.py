@@ -12,12 +12,14 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmshrink import models, params, wanda
+from llmshrink import family, models, wanda
 from llmshrink.calib import token_windows
+from llmshrink.params import MODULES, read
+from llmshrink.params.width import Wanda
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = params.read(ROOT / "params.yaml")
-PROJ = params.MODULES
+BASE = read(ROOT / "params.yaml")
+PROJ = MODULES
 STAGE_ARGS = ["models/depth", "data/calibration.txt", "models/width", "metrics/width.json"]
 
 
@@ -28,7 +30,7 @@ def calib(tiny_dir: Path, prose: str) -> torch.Tensor:
 
 def pruned(tiny_dir: Path, calib: torch.Tensor, **overrides) -> torch.nn.Module:
     model = models.load(tiny_dir)
-    wanda.prune(model, calib, params.Wanda(**{**BASE["wanda"], **overrides}), batch_size=3)
+    wanda.prune(model, calib, Wanda(**{**BASE["wanda"], **overrides}), batch_size=3)
     return model
 
 
@@ -37,7 +39,7 @@ def own_norms(model: torch.nn.Module, calib: torch.Tensor, layer: int) -> dict[s
     """‖X_j‖₂ of the inputs of every linear module of decoder layer `layer`, from a full forward pass."""
     sums: dict[str, torch.Tensor] = {}
     handles = []
-    for name, module in models.decoder_layers(model)[layer].named_modules():
+    for name, module in family.layers(model)[layer].named_modules():
         if isinstance(module, torch.nn.Linear):
             def hook(_m, args, name=name):
                 x = args[0].double().flatten(0, 1)
@@ -58,7 +60,7 @@ def expected_mask(weight: torch.Tensor, norm: torch.Tensor, n: int, m: int) -> t
 
 
 def linears(model: torch.nn.Module, layer: int) -> dict[str, torch.Tensor]:
-    layer_module = models.decoder_layers(model)[layer]
+    layer_module = family.layers(model)[layer]
     return {name.rsplit(".", 1)[-1]: m.weight.detach() for name, m in layer_module.named_modules()
             if isinstance(m, torch.nn.Linear)}
 
@@ -99,7 +101,7 @@ def test_pruned_activations_flow_to_the_next_layer(tiny_dir, calib):
     model = pruned(tiny_dir, calib, pattern="2:4")
     # norms of layer 1's inputs in a model whose layer 0 alone is pruned
     half = models.load(tiny_dir)
-    models.decoder_layers(half)[0].load_state_dict(models.decoder_layers(model)[0].state_dict())
+    family.layers(half)[0].load_state_dict(family.layers(model)[0].state_dict())
     flow_norms, dense_norms = own_norms(half, calib, 1), own_norms(models.load(tiny_dir), calib, 1)
     differs = False
     for name, w in linears(half, 1).items():
@@ -125,14 +127,14 @@ def test_dense_layers_and_unlisted_modules_stay_dense(tiny_dir, calib):
 def test_a_pattern_that_prunes_nothing_is_refused(pattern):
     # pruning nothing is `wanda.enabled: false` (the stage then copies the model, see below), not a zero pattern
     with pytest.raises(ValueError, match=r"wanda\.pattern"):
-        params.Wanda(**{**BASE["wanda"], "pattern": pattern})
+        Wanda(**{**BASE["wanda"], "pattern": pattern})
 
 
 @pytest.mark.parametrize("pattern, n, m, target, name", [
     ("1:8", 1, 8, 0.125, "1:8"), (" 2 : 4 ", 2, 4, 0.5, "2:4"), ("unstructured:0.5", 0, 0, 0.5, "unstructured:0.5"),
 ])
 def test_pattern_is_parsed(pattern, n, m, target, name):
-    s = params.Wanda(**{**BASE["wanda"], "pattern": pattern, "dense_layers": [3, 1, 3]})
+    s = Wanda(**{**BASE["wanda"], "pattern": pattern, "dense_layers": [3, 1, 3]})
     assert (s.n, s.m, s.target, s.name, s.dense_layers) == (n, m, target, name, (1, 3))
 
 
