@@ -3,27 +3,86 @@
 a `torch.mm` microbenchmark in the same dtype, and lm-eval's HF backend (`loglikelihood_rolling`, its `wikitext`
 task) on the same text and model, all measured in one process on one machine.
 
+Multiple choice (`choice`, per dtype): lm-eval's log-likelihood requests of the first `--choice-items` items of
+each zero-shot task (PIQA, ARC, OpenBookQA from ../shared/data/zeroshot) scored by `harness.batched_hflm` one row
+per request (`grouped = False`, the path before issue 35) and packed by context (the default), in `--rounds`
+interleaved rounds with the perplexity scorer: tokens/s counts each request's context + continuation tokens (what
+one row per request runs), the median over rounds, and its ratio to the perplexity scorer's tokens/s of the same
+round (the median ratio; only ratios compare on a shared machine).
+
 Writes benchmarks/results/eval_throughput.json. Usage:
-    python benchmarks/eval_throughput.py [--windows 16] [--seq-len 512] [--batch-size 32]
+    python benchmarks/eval_throughput.py [--windows 16] [--seq-len 512] [--batch-size 32] [--choice-items 8]
+        [--rounds 7]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from lm_eval.tasks import TaskManager
+from lm_eval.tasks import TaskManager, get_task_dict
 from transformers import AutoTokenizer
 
-from llmshrink import benchmark, hardware, harness, models, sources
+from llmshrink import benchmark, choice, hardware, harness, models, sources
 from llmshrink.atomic import write_json
 from llmshrink.perplexity import token_ids, window_nll, windows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2"
+ZEROSHOT = ROOT.parent / "shared" / "data" / "zeroshot"
+TASKS = ("piqa", "arc_easy", "arc_challenge", "openbook_qa")
 OUT = ROOT / "benchmarks" / "results" / "eval_throughput.json"
+
+
+def choice_requests(items: int) -> list[Any]:
+    """lm-eval's log-likelihood requests for the first `items` items of each zero-shot task."""
+    tasks = get_task_dict([choice.task_config(name, ZEROSHOT / f"{name}.jsonl") for name in TASKS],
+                          TaskManager(include_defaults=False))
+    requests = []
+    for task in tasks.values():
+        task.build_all_requests(limit=items)
+        requests += task.instances
+    return requests
+
+
+def choice_throughput(model: torch.nn.Module, tokenizer: Any, chunks: list[torch.Tensor], args: argparse.Namespace,
+                      ) -> dict[str, Any]:
+    """Multiple-choice tokens/s one row per request (`per_request`) and packed by context (`grouped`), and the
+    perplexity scorer's, in interleaved rounds; the medians and the median ratios to perplexity."""
+    requests = choice_requests(args.choice_items)
+    lms = {}
+    for grouped in (False, True):
+        lms[grouped] = harness.batched_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)
+        lms[grouped].grouped = grouped
+    pairs = [lms[True]._encode_pair(*r.args) for r in requests]
+    tokens = sum(len(c) + len(k) for c, k in pairs)
+    packed = sum(len(c) for c in {tuple(c) for c, _ in pairs}) + sum(len(k) for _, k in pairs)
+    ppl_tokens = sum(len(c) for c in chunks)
+    lms[True].loglikelihood(requests[:8], disable_tqdm=True)  # warm-up
+    rounds: dict[str, list[float]] = {"perplexity": [], "per_request": [], "grouped": []}
+    lls = {}
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        window_nll(model, chunks, args.batch_size, progress=False)
+        rounds["perplexity"].append(ppl_tokens / (time.perf_counter() - start))
+        for grouped, name in ((False, "per_request"), (True, "grouped")):
+            start = time.perf_counter()
+            lls[name] = lms[grouped].loglikelihood(requests, disable_tqdm=True)
+            rounds[name].append(tokens / (time.perf_counter() - start))
+    diff = max(abs(a - b) for (a, _), (b, _) in zip(lls["per_request"], lls["grouped"]))
+    return {"requests": len(requests), "items": len({(r.task_name, r.doc_id) for r in requests}), "tokens": tokens,
+            "packed_tokens": packed, "rounds": rounds,
+            **{f"{name}_tok_s": statistics.median(v) for name, v in rounds.items()},
+            **{f"{name}_vs_perplexity": statistics.median(t / p for t, p in zip(rounds[name], rounds["perplexity"]))
+               for name in ("per_request", "grouped")},
+            "grouped_vs_per_request": statistics.median(g / o for g, o in zip(rounds["grouped"],
+                                                                               rounds["per_request"])),
+            "max_abs_loglikelihood_diff": diff,
+            "greedy_equal": [g for _, g in lls["per_request"]] == [g for _, g in lls["grouped"]]}
 
 
 def main() -> None:
@@ -31,6 +90,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--choice-items", type=int, default=8, help="items per multiple-choice task")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved multiple-choice / perplexity rounds")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     base, tokenizer = sources.load_embedded()
@@ -60,7 +121,8 @@ def main() -> None:
         lm_eval_tok_s = tokens / (time.perf_counter() - start)
         result[dtype] = {"params": params, "matmul_peak_gflops": peak / 1e9, "ours_tok_s": ours,
                          "ours_gflops": 2 * params * ours / 1e9, "ours_share_of_peak": 2 * params * ours / peak,
-                         "lm_eval_tok_s": lm_eval_tok_s, "ours_vs_lm_eval": ours / lm_eval_tok_s}
+                         "lm_eval_tok_s": lm_eval_tok_s, "ours_vs_lm_eval": ours / lm_eval_tok_s,
+                         "choice": choice_throughput(model, AutoTokenizer.from_pretrained(tmp), chunks, args)}
         print(json.dumps(result[dtype], indent=2), flush=True)
     write_json(args.out, result)
 

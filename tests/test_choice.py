@@ -182,23 +182,53 @@ def test_score_stock_orders_items_and_fills_acc_norm(monkeypatch: pytest.MonkeyP
     assert out["arc_easy"] == ([{"acc": 1, "acc_norm": 0}], 0.25)
 
 
-def test_batched_hflm_gives_stock_hflm_loglikelihoods(tiny, arc_items):
-    """The batched log-likelihoods equal lm-eval's own HFLM on the same requests (trailing spaces in the context,
-    several batch sizes), up to float32 noise from other padding widths; the greedy flags are the same."""
+@pytest.mark.parametrize("max_length", [None, 40])
+def test_batched_hflm_gives_stock_hflm_loglikelihoods(tiny, arc_items, max_length):
+    """The batched log-likelihoods, packed by context and one row per request, equal lm-eval's own HFLM on the same
+    requests (trailing spaces in the context, several batch sizes, contexts truncated to `max_length` differently
+    per continuation), up to float32 noise from other shapes; the greedy flags are the same."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
     model, tokenizer = tiny
     requests = [Instance("loglikelihood", {}, (item["query"] + " " * (k % 2), " " * (1 - k % 2) + text), k)
                 for item in arc_items for k, text in enumerate(item["choices"])]
-    requests.append(Instance("loglikelihood", {}, ("The", " the the the the"), 0))  # a likely greedy match
-    stock = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4).loglikelihood(requests, disable_tqdm=True)
-    for batch_size in (1, 5, 64):
-        lm = choice.harness.batched_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        got = lm.loglikelihood(requests, disable_tqdm=True)
-        assert [g for _, g in got] == [g for _, g in stock]
-        np.testing.assert_allclose([ll for ll, _ in got], [ll for ll, _ in stock], rtol=1e-5, atol=1e-4)
-    assert len({round(ll, 3) for ll, _ in stock}) > len(requests) // 2  # distinct values: the test can fail
+    requests.append(Instance("loglikelihood", {}, ("The", " the the the the"), 0))
+    greedy = tokenizer.decode(model(torch.tensor([tokenizer.encode("The")])).logits[0, -1].argmax())
+    requests += [Instance("loglikelihood", {}, ("The", greedy), 0)] * 2  # a greedy match, twice in one group
+    stock = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=max_length).loglikelihood(
+        requests, disable_tqdm=True)
+    assert stock[-1][1] and len({round(ll, 3) for ll, _ in stock}) > len(requests) // 2  # the test can fail
+    for grouped in (True, False):
+        for batch_size in (1, 5, 64):
+            lm = choice.harness.batched_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                                               max_length=max_length)
+            lm.grouped = grouped
+            got = lm.loglikelihood(requests, disable_tqdm=True)
+            assert [g for _, g in got] == [g for _, g in stock]
+            np.testing.assert_allclose([ll for ll, _ in got], [ll for ll, _ in stock], rtol=1e-6, atol=1e-4)
+
+
+def test_batched_hflm_runs_each_context_once(tiny, arc_items):
+    """Packed by context, the decoder runs each item's query once: fewer tokens than one row per request."""
+    from lm_eval.api.instance import Instance
+
+    model, tokenizer = tiny
+    requests = [Instance("loglikelihood", {}, (item["query"], " " + text), k)
+                for item in arc_items for k, text in enumerate(item["choices"])]
+    tokens = []
+    hook = model.get_decoder().register_forward_hook(lambda m, args, kwargs, out: tokens.append(
+        int((kwargs.get("input_ids", args[0] if args else None)).numel())), with_kwargs=True)
+    try:
+        lm = choice.harness.batched_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=64)
+        for grouped in (False, True):
+            lm.grouped = grouped
+            lm.loglikelihood(requests, disable_tqdm=True)
+    finally:
+        hook.remove()
+    per_request, packed = tokens
+    queries = sum(len(tokenizer.encode(item["query"])) for item in arc_items)
+    assert per_request - packed >= 0.9 * queries * (sum(len(i["choices"]) for i in arc_items) / len(arc_items) - 1)
 
 
 def test_harness_runs_the_batched_backend_unless_stock(tiny, monkeypatch):
