@@ -32,15 +32,14 @@ from llmshrink.atomic import write_json
 from llmshrink.perplexity import token_ids, window_nll, windows
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "wikitext2"
-ZEROSHOT = ROOT.parent / "shared" / "data" / "zeroshot"
+SHARED = ROOT.parent / "shared" / "data"
 TASKS = ("piqa", "arc_easy", "arc_challenge", "openbook_qa")
 OUT = ROOT / "benchmarks" / "results" / "eval_throughput.json"
 
 
-def choice_requests(items: int) -> list[Any]:
-    """lm-eval's log-likelihood requests for the first `items` items of each zero-shot task."""
-    tasks = get_task_dict([choice.task_config(name, ZEROSHOT / f"{name}.jsonl") for name in TASKS],
+def choice_requests(items: int, data: Path) -> list[Any]:
+    """lm-eval's log-likelihood requests for the first `items` items of each zero-shot task in `data`/zeroshot."""
+    tasks = get_task_dict([choice.task_config(name, data / "zeroshot" / f"{name}.jsonl") for name in TASKS],
                           TaskManager(include_defaults=False))
     requests = []
     for task in tasks.values():
@@ -53,7 +52,7 @@ def choice_throughput(model: torch.nn.Module, tokenizer: Any, chunks: list[torch
                       ) -> dict[str, Any]:
     """Multiple-choice tokens/s one row per request (`per_request`) and packed by context (`grouped`), and the
     perplexity scorer's, in interleaved rounds; the medians and the median ratios to perplexity."""
-    requests = choice_requests(args.choice_items)
+    requests = choice_requests(args.choice_items, args.data)
     lms = {}
     for grouped in (False, True):
         lms[grouped] = harness.batched_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)
@@ -85,6 +84,21 @@ def choice_throughput(model: torch.nn.Module, tokenizer: Any, chunks: list[torch
             "greedy_equal": [g for _, g in lls["per_request"]] == [g for _, g in lls["grouped"]]}
 
 
+def shaped(args: argparse.Namespace) -> None:
+    """`choice_throughput` of a random model of a real shape in bf16 on this machine's GPU."""
+    dev = hardware.device()
+    model, tokenizer = sources.shaped_model(args.shape, 0, args.tokenizer)
+    model = model.to(dev, torch.bfloat16).eval()
+    text = "\n\n".join(json.loads((args.data / "wikitext2" / "test_rows.json").read_text(encoding="utf-8")))
+    chunks = windows(token_ids(tokenizer, text), args.seq_len, args.windows)
+    window_nll(model, chunks[:args.batch_size], args.batch_size, progress=False)  # warm-up: compile
+    result = {**benchmark.provenance(), "device": hardware.name(dev), "shape": args.shape, "dtype": "bfloat16",
+              "settings": {k: str(v) for k, v in vars(args).items()},
+              "choice": choice_throughput(model, tokenizer, chunks, args)}
+    write_json(args.out, result)
+    print(json.dumps({k: v for k, v in result["choice"].items() if k != "rounds"}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", type=int, default=16)
@@ -92,13 +106,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--choice-items", type=int, default=8, help="items per multiple-choice task")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved multiple-choice / perplexity rounds")
+    parser.add_argument("--data", type=Path, default=SHARED, help="a folder with the layout of ../shared/data")
+    parser.add_argument("--shape", choices=list(sources.SHAPES),
+                        help="instead: a random model of this shape in bf16 on the GPU, multiple choice against perplexity")
+    parser.add_argument("--tokenizer", default="", help="with --shape: a saved tokenizer folder")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    if args.shape:
+        return shaped(args)
     base, tokenizer = sources.load_embedded()
     tmp = ROOT / "benchmarks" / "work" / "embedded"
     if not (tmp / "config.json").exists():
         models.save(base, tokenizer, tmp, "float32")
-    text = "\n\n".join(json.loads((DATA / "test_rows.json").read_text(encoding="utf-8")))
+    text = "\n\n".join(json.loads((args.data / "wikitext2" / "test_rows.json").read_text(encoding="utf-8")))
     chunks = windows(token_ids(tokenizer, text), args.seq_len, args.windows)
     tokens = sum(len(c) for c in chunks)
     result = {**benchmark.provenance(), "settings": vars(args) | {"out": str(args.out), "tokens": tokens}}
