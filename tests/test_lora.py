@@ -11,7 +11,7 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmshrink import lora, models, sources
+from llmshrink import hardware, lora, models, sources
 from llmshrink.data import qa_record
 from llmshrink.params import read
 from llmshrink.params.lora import Lora
@@ -157,8 +157,8 @@ def test_disabled_copies(pruned_dir: Path, tmp_path: Path, monkeypatch: pytest.M
     run_stage(tmp_path, pruned_dir, enabled=False)
     for f in pruned_dir.iterdir():
         assert (tmp_path / "models" / "lora" / f.name).read_bytes() == f.read_bytes()
-    assert json.loads((tmp_path / "metrics" / "lora.json").read_text()) == {
-        "enabled": False, "copied_from": "models/width", "bytes": models.dir_bytes(pruned_dir)}
+    assert json.loads((tmp_path / "metrics" / "lora.json").read_text()) == hardware.stamped({
+        "enabled": False, "copied_from": "models/width", "bytes": models.dir_bytes(pruned_dir)})
     assert (tmp_path / "metrics" / "lora_loss.csv").read_text() == "step,loss\n"
 
 

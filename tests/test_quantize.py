@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from llmshrink import family, models, quantize, wanda
+from llmshrink import family, hardware, models, quantize, wanda
 from llmshrink.calib import token_windows, tokenize
 from llmshrink.params import MODULES
 from llmshrink.params.gptq import Eora, Gptq
@@ -226,7 +226,7 @@ def test_disabled_steps_copy(tmp_path: Path, tiny_dir: Path, gptq_run: tuple[Pat
     (tmp_path / "models" / "quantized").symlink_to(gptq_run[0])
     off = {**GPTQ_SECTION, "enabled": False}
     metrics = run_stage(tmp_path, "quantize", ["models/lora", "unused.txt", "models/gptq", "metrics/gptq.json"], off, EORA_SECTION)
-    assert metrics == {"enabled": False, "copied_from": "models/lora", "bytes": models.dir_bytes(tiny_dir)}
+    assert metrics == hardware.stamped({"enabled": False, "copied_from": "models/lora", "bytes": models.dir_bytes(tiny_dir)})
     assert not models.is_quantized(tmp_path / "models" / "gptq")
     assert filecmp.cmp(tmp_path / "models" / "gptq" / "model.safetensors", tiny_dir / "model.safetensors", shallow=False)
     metrics = run_stage(tmp_path, "eora", ["models/lora", "models/gptq", "unused.txt", "models/eora", "metrics/eora.json"],

@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmshrink import family, models, wanda
+from llmshrink import family, hardware, models, wanda
 from llmshrink.calib import token_windows
 from llmshrink.params import MODULES, read
 from llmshrink.params.width import Wanda
@@ -179,7 +179,7 @@ def test_stage_disabled_copies_the_depth_model(tmp_path, tiny_dir, prose, monkey
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())
     assert all((out / p.name).read_bytes() == p.read_bytes() for p in src.iterdir())
     metrics = json.loads((work / "metrics" / "width.json").read_text())
-    assert metrics == {"enabled": False, "copied_from": "models/depth", "bytes": models.dir_bytes(src)}
+    assert metrics == hardware.stamped({"enabled": False, "copied_from": "models/depth", "bytes": models.dir_bytes(src)})
 
 
 @pytest.mark.parametrize(
