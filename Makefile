@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make repro` (set up, then run the pipeline) and `make test`.
+# Two commands on a fresh machine: `make repro` (set up, then run the pipeline) and `make test-all` (what CI runs);
+# `make test` leaves out the tests marked slow (the real model, dvc end to end).
 # The interpreter of .venv: python3.11, or python3.12 (`make repro PYTHON=python3.12` on a fresh checkout).
 PYTHON ?= python3.11
 VENV := .venv
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: setup repro test gpu-repro edge
+.PHONY: setup repro test test-all gpu-repro edge
 setup: $(STAMP)
 
 # Stages run in forks of one process that imported torch and transformers once (llmshrink/warm.py); llama.cpp's
@@ -23,6 +24,9 @@ repro: $(STAMP) edge
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m llmshrink.warm dvc repro
 
 test: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -v -m "not slow" tests
+
+test-all: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -v tests
 
 # llama.cpp's llama-quantize and llama-bench built from the llama-cpp-python sdist into the download cache (cmake,

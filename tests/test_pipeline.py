@@ -15,6 +15,8 @@ import yaml
 from llmshrink import llamacpp
 from llmshrink import params as params_file
 
+pytestmark = pytest.mark.slow  # dvc end to end: `make test-all`, CI
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_model", "prepare_data", "score_layers", "depth_prune", "width_prune", "lora",
           "quantize", "eora", "imatrix@base", "imatrix@lora", "export", "gptq_base", "kquant_base", "gptq_gguf",
