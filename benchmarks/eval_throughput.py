@@ -84,13 +84,18 @@ def choice_throughput(model: torch.nn.Module, tokenizer: Any, chunks: list[torch
             "greedy_equal": [g for _, g in lls["per_request"]] == [g for _, g in lls["grouped"]]}
 
 
+def wikitext_windows(tokenizer: Any, args: argparse.Namespace) -> list[torch.Tensor]:
+    """The first `args.windows` windows of `args.seq_len` tokens of WikiText-2 test in `args.data`."""
+    text = "\n\n".join(json.loads((args.data / "wikitext2" / "test_rows.json").read_text(encoding="utf-8")))
+    return windows(token_ids(tokenizer, text), args.seq_len, args.windows)
+
+
 def shaped(args: argparse.Namespace) -> None:
     """`choice_throughput` of a random model of a real shape in bf16 on this machine's GPU."""
     dev = hardware.device()
     model, tokenizer = sources.shaped_model(args.shape, 0, args.tokenizer)
     model = model.to(dev, torch.bfloat16).eval()
-    text = "\n\n".join(json.loads((args.data / "wikitext2" / "test_rows.json").read_text(encoding="utf-8")))
-    chunks = windows(token_ids(tokenizer, text), args.seq_len, args.windows)
+    chunks = wikitext_windows(tokenizer, args)
     window_nll(model, chunks[:args.batch_size], args.batch_size, progress=False)  # warm-up: compile
     result = {**benchmark.provenance(), "device": hardware.name(dev), "shape": args.shape, "dtype": "bfloat16",
               "settings": {k: str(v) for k, v in vars(args).items()},
@@ -118,8 +123,7 @@ def main() -> None:
     tmp = ROOT / "benchmarks" / "work" / "embedded"
     if not (tmp / "config.json").exists():
         models.save(base, tokenizer, tmp, "float32")
-    text = "\n\n".join(json.loads((args.data / "wikitext2" / "test_rows.json").read_text(encoding="utf-8")))
-    chunks = windows(token_ids(tokenizer, text), args.seq_len, args.windows)
+    chunks = wikitext_windows(tokenizer, args)
     tokens = sum(len(c) for c in chunks)
     result = {**benchmark.provenance(), "settings": vars(args) | {"out": str(args.out), "tokens": tokens}}
     for dtype in ("float32", "bfloat16"):
