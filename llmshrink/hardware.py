@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -101,11 +102,37 @@ def matmul_gflops(dtype: torch.dtype, size: int = 1024, reps: int = 3) -> float:
     return 2 * size**3 / best / 1e9
 
 
+CPU_DTYPE = "LLMSHRINK_CPU_DTYPE"  # env: bfloat16 or float32, what `auto` means on this CPU (skips the measurement)
+
+
+def cpu_identity() -> str:
+    """This CPU as the dtype choice depends on it: model, relevant flags, cores and the torch version."""
+    m = machine()
+    return f"{m['cpu']} | {' '.join(m['cpu_flags'])} | {m['cpus']} cpus | torch {m['torch']}"
+
+
 @functools.lru_cache(maxsize=None)
 def fastest_cpu_dtype() -> str:
-    """bfloat16 if this CPU multiplies bf16 matrices at least 10% faster than fp32 (measured), else float32:
-    the AVX512-BF16 flag alone does not say so (seen: bf16 at 162 GFLOP/s against fp32 at 297 on such a CPU)."""
-    return "bfloat16" if matmul_gflops(torch.bfloat16) > 1.1 * matmul_gflops(torch.float32) else "float32"
+    """bfloat16 if this CPU multiplies bf16 matrices at least 10% faster than fp32, else float32: the AVX512-BF16
+    flag alone does not say so (seen: bf16 at 162 GFLOP/s against fp32 at 297 on such a CPU). Measured once per
+    CPU (`cpu_identity`) and kept in the cache folder (`cpu_dtype.json`), so that every stage and every later run
+    on this machine computes in the same dtype whatever the load at the time; `LLMSHRINK_CPU_DTYPE` overrides."""
+    from llmshrink.atomic import write_json
+    from llmshrink.pypi import cache_dir
+
+    if forced := os.environ.get(CPU_DTYPE):
+        if forced not in ("bfloat16", "float32"):
+            raise ValueError(f"{CPU_DTYPE}={forced!r}: allowed values are bfloat16, float32")
+        return forced
+    path, key = cache_dir() / "cpu_dtype.json", cpu_identity()
+    with open(path.with_suffix(".lock"), "a") as lock:  # one measurement when several stages start at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        known = json.loads(path.read_text()) if path.exists() else {}
+        if key not in known:
+            bf16, fp32 = (matmul_gflops(t, reps=5) for t in (torch.bfloat16, torch.float32))
+            known[key] = "bfloat16" if bf16 > 1.1 * fp32 else "float32"
+            write_json(path, known)
+    return known[key]
 
 
 def resolve_dtype(name: str, dev: torch.device | None = None) -> str:

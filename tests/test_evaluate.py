@@ -92,16 +92,29 @@ def test_eval_params_name_the_bad_parameter():
             Eval(**{**EVAL, key: bad})
 
 
-def test_auto_dtype_is_the_faster_one_on_cpu(monkeypatch):
+def test_auto_dtype_is_the_faster_one_on_cpu_measured_once(monkeypatch, tmp_path):
     cpu = torch.device("cpu")
+    monkeypatch.setenv("LLMSHRINK_CACHE", str(tmp_path))
+    monkeypatch.delenv(hardware.CPU_DTYPE, raising=False)
     assert hardware.resolve_dtype("float32", cpu) == "float32"
     assert hardware.resolve_dtype("bfloat16", cpu) == "bfloat16"
-    assert hardware.resolve_dtype("auto", cpu) in ("bfloat16", "float32")
     assert hardware.work_dtype(cpu) == "float32" and hardware.autocast_dtype(cpu) is None
     for bf16, fp32, want in [(300.0, 100.0, "bfloat16"), (162.0, 297.0, "float32"), (105.0, 100.0, "float32")]:
-        monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype: bf16 if dtype == torch.bfloat16 else fp32)
+        monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype, reps=3: bf16 if dtype == torch.bfloat16 else fp32)
+        (tmp_path / "cpu_dtype.json").unlink(missing_ok=True)
         hardware.fastest_cpu_dtype.cache_clear()
         assert hardware.resolve_dtype("auto", cpu) == want, (bf16, fp32)
+        # a later process on this machine keeps the choice whatever the load: the measurement is not repeated
+        monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype, reps=3: 1 / 0)
+        hardware.fastest_cpu_dtype.cache_clear()
+        assert hardware.resolve_dtype("auto", cpu) == want
+    monkeypatch.setenv(hardware.CPU_DTYPE, "float32")
+    hardware.fastest_cpu_dtype.cache_clear()
+    assert hardware.resolve_dtype("auto", cpu) == "float32"
+    monkeypatch.setenv(hardware.CPU_DTYPE, "fp8")
+    hardware.fastest_cpu_dtype.cache_clear()
+    with pytest.raises(ValueError, match="LLMSHRINK_CPU_DTYPE='fp8'.*bfloat16, float32"):
+        hardware.resolve_dtype("auto", cpu)
     hardware.fastest_cpu_dtype.cache_clear()
 
 
