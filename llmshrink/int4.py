@@ -6,6 +6,9 @@ GPTQ stores w = s (q - z) per group; tinygemm computes w = scale (q - 8) + zero,
 zero = s (8 - z): the same grid, exactly, up to rounding `zero` to bfloat16. The EoRA adapter, where there is
 one, is added as (x A) B in the same module, so it compiles into the same graph. Inputs of many rows
 (evaluation, prefill) use the dequantized matrix and a dense matmul, which is faster there than tinygemm.
+
+At batch 1 a small model's step is bound by kernel count more than by bytes, so `fuse` concatenates the
+projections that read one input (q/k/v, gate/up) into one matrix: one kernel call where there were three or two.
 """
 from __future__ import annotations
 
@@ -27,6 +30,11 @@ def codes(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
             zeros.reshape(zeros.shape[0], -1)[:, :module.scales.shape[1]].to(torch.uint8))
 
 
+def is_gptq_layer(module: nn.Module) -> bool:
+    """Whether `module` is a GPTQModel quantized linear layer (packed `qweight` instead of a `weight`)."""
+    return hasattr(module, "qweight") and hasattr(module, "in_features")
+
+
 def why_not(module: nn.Module) -> str | None:
     """Why the kernel cannot run `module` (a GPTQModel quantized linear layer), or None when it can."""
     k, n, group = module.in_features, module.out_features, module.group_size
@@ -45,14 +53,12 @@ class Int4Linear(nn.Module):
     """A 4-bit linear layer on tinygemm, in bfloat16: codes [out, in] and zero points [groups, out] (uint8, 0..15),
     scales [groups, out], an optional bias and an optional low-rank adapter (lora_A [in, r], lora_B [r, out])."""
 
-    def __init__(self, weight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group_size: int,
+    def __init__(self, weight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
                  bias: torch.Tensor | None = None, lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.group_size = group_size
-        scales = scales.to(torch.bfloat16)
-        offsets = (8 - zeros.to(torch.bfloat16)) * scales
-        self.register_buffer("scales_and_zeros", torch.stack([scales, offsets], dim=2).contiguous())  # [G, out, 2]
+        self.register_buffer("scales_and_zeros", scales_and_zeros.to(torch.bfloat16).contiguous())  # [G, out, 2]
         self.register_buffer("nibbles", (weight[:, ::2] << 4 | weight[:, 1::2]).contiguous())  # [out, in / 2]
         if weight.is_cuda:
             tiles = 8 if self.in_features % 128 == 0 else (4 if self.in_features % 64 == 0 else 2)
@@ -65,13 +71,38 @@ class Int4Linear(nn.Module):
         self.register_buffer("lora_B", None if lora is None else lora[1].to(torch.bfloat16))
 
     @classmethod
+    def from_codes(cls, weight: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, group_size: int,
+                   bias: torch.Tensor | None = None, lora: tuple[torch.Tensor, torch.Tensor] | None = None) -> Int4Linear:
+        """From codes [out, in] and zero points [groups, out] (uint8, 0..15) and scales [groups, out]."""
+        scales = scales.to(torch.bfloat16)
+        offsets = (8 - zeros.to(torch.bfloat16)) * scales
+        return cls(weight, torch.stack([scales, offsets], dim=2), group_size, bias, lora)
+
+    @classmethod
+    def concat(cls, layers: list[Int4Linear]) -> Int4Linear:
+        """One layer computing the outputs of `layers` (same inputs and group size) side by side; their adapters,
+        where any has one, as one adapter of the summed rank (A side by side, B block-diagonal)."""
+        if len({(m.in_features, m.group_size) for m in layers}) != 1:
+            raise ValueError("only layers of the same input width and group size concatenate")
+        biases = [m.bias if m.bias is not None else m.scales_and_zeros.new_zeros(m.out_features) for m in layers]
+        bias = torch.cat(biases) if any(m.bias is not None for m in layers) else None
+        lora = None
+        if any(m.lora_A is not None for m in layers):
+            empty = [(m.nibbles.new_zeros(m.in_features, 0, dtype=torch.bfloat16),
+                      m.nibbles.new_zeros(0, m.out_features, dtype=torch.bfloat16)) for m in layers]
+            pairs = [(m.lora_A, m.lora_B) if m.lora_A is not None else e for m, e in zip(layers, empty)]
+            lora = torch.cat([a for a, _ in pairs], dim=1), torch.block_diag(*(b for _, b in pairs))
+        return cls(torch.cat([m.codes() for m in layers]), torch.cat([m.scales_and_zeros for m in layers], dim=1),
+                   layers[0].group_size, bias, lora)
+
+    @classmethod
     def from_gptq(cls, module: nn.Module) -> Int4Linear:
         """The GPTQModel quantized linear layer `module`, with its EoRA adapter where it has one."""
         if reason := why_not(module):
             raise ValueError(f"tinygemm cannot run this layer: {reason}")
         adapter = getattr(module, "adapter", None)
         lora = (adapter.lora_A, adapter.lora_B) if getattr(adapter, "lora_A", None) is not None else None
-        return cls(*codes(module), module.scales, module.group_size, getattr(module, "bias", None), lora)
+        return cls.from_codes(*codes(module), module.scales, module.group_size, getattr(module, "bias", None), lora)
 
     @classmethod
     def round_to_nearest(cls, linear: nn.Linear, group_size: int) -> Int4Linear:
@@ -81,13 +112,16 @@ class Int4Linear(nn.Module):
         scales = ((high - low) / 15).clamp(min=1e-8)
         zeros = (-low / scales).round().clamp(0, 15)
         weight = (w / scales + zeros).round().clamp(0, 15).to(torch.uint8).reshape(linear.out_features, -1)
-        return cls(weight, zeros.squeeze(-1).t().to(torch.uint8), scales.squeeze(-1).t(), group_size, linear.bias)
+        return cls.from_codes(weight, zeros.squeeze(-1).t().to(torch.uint8), scales.squeeze(-1).t(), group_size,
+                              linear.bias)
+
+    def codes(self) -> torch.Tensor:
+        """The 4-bit codes [out, in] (uint8, 0..15)."""
+        return torch.stack([self.nibbles >> 4, self.nibbles & 15], dim=2).reshape(self.out_features, self.in_features)
 
     def dequantize_weight(self) -> torch.Tensor:
         """The matrix [in, out] in bfloat16 as the kernel computes with it (GPTQModel's layers' name and layout)."""
-        high, low = self.nibbles >> 4, self.nibbles & 15
-        q = torch.stack([high, low], dim=2).reshape(self.out_features, self.in_features).to(torch.bfloat16) - 8
-        q = q.view(self.out_features, -1, self.group_size)
+        q = (self.codes().to(torch.bfloat16) - 8).view(self.out_features, -1, self.group_size)
         scale, zero = (self.scales_and_zeros[..., i].t().unsqueeze(-1) for i in (0, 1))
         return (q * scale + zero).reshape(self.out_features, self.in_features).t()
 
@@ -109,7 +143,7 @@ class Int4Linear(nn.Module):
 def convert(model: nn.Module) -> int:
     """Replace every GPTQ linear layer of `model` by an `Int4Linear` (in place); returns how many. Refused,
     changing nothing, when any layer cannot run on the kernel (the reason names the layer)."""
-    found = [(name, m) for name, m in model.named_modules() if hasattr(m, "qweight") and hasattr(m, "in_features")]
+    found = [(name, m) for name, m in model.named_modules() if is_gptq_layer(m)]
     for name, module in found:
         if reason := why_not(module):
             raise ValueError(f"tinygemm cannot run {name}: {reason}")
@@ -117,3 +151,63 @@ def convert(model: nn.Module) -> int:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, Int4Linear.from_gptq(module))
     return len(found)
+
+
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # projections of one input, in calling order
+
+
+class Fused(nn.Module):
+    """Projections that read the same input, computed by one `Int4Linear` over their concatenated outputs. Each
+    projection becomes a `Part`: the first one called computes every part's output, the others take their slice
+    of it when they are given the same input tensor (else they compute it again: correct in any order). The
+    shared output is dropped once every part has taken its slice, so nothing outlives one forward pass."""
+
+    def __init__(self, layers: list[Int4Linear]) -> None:
+        super().__init__()
+        self.linear = Int4Linear.concat(layers)
+        self.bounds = [sum(m.out_features for m in layers[:i]) for i in range(len(layers) + 1)]
+        self._input: torch.Tensor | None = None
+        self._output: torch.Tensor | None = None
+        self._left = 0
+
+    def part(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if self._input is not x or self._left == 0:
+            self._input, self._output, self._left = x, self.linear(x), len(self.bounds) - 1
+        out = self._output[..., self.bounds[index]:self.bounds[index + 1]]
+        self._left -= 1
+        if self._left == 0:
+            self._input = self._output = None
+        return out
+
+
+class Part(nn.Module):
+    """One projection of a `Fused` group, in the place of the `Int4Linear` it replaces."""
+
+    def __init__(self, fused: Fused, index: int) -> None:
+        super().__init__()
+        self.index, self.in_features = index, fused.linear.in_features
+        self.out_features = fused.bounds[index + 1] - fused.bounds[index]
+        self.__dict__["fused"] = fused  # not a submodule: the group is registered once, on the parent
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused.part(self.index, x)
+
+
+def fuse(model: nn.Module) -> int:
+    """In every module whose projections of `FUSED` are all `Int4Linear`s of one input width and group size,
+    replace them by `Part`s of one `Fused` group (registered on that module as `fused_<first name>`); returns
+    how many groups. The model computes the same outputs; at batch 1 it launches fewer kernels."""
+    groups = 0
+    for module in list(model.modules()):
+        for names in FUSED:
+            layers = [getattr(module, n, None) for n in names]
+            if not all(isinstance(m, Int4Linear) for m in layers):
+                continue
+            if len({(m.in_features, m.group_size) for m in layers}) != 1:
+                continue
+            fused = Fused(layers)
+            module.add_module(f"fused_{names[0]}", fused)
+            for index, n in enumerate(names):
+                setattr(module, n, Part(fused, index))
+            groups += 1
+    return groups

@@ -324,6 +324,34 @@ def test_tinygemm_layers_compute_what_gptqmodel_computes(gptqmodel_layers: torch
     assert relative_error(logits(gptqmodel_layers, heldout[:1]), want) < 0.02
 
 
+@torch.no_grad()
+def test_fused_projections_compute_the_same_in_one_kernel_call(eora_run: tuple[Path, dict], heldout: torch.Tensor) -> None:
+    """q/k/v and gate/up fused into one tinygemm matrix each (adapters included): the same logits on the one-row
+    kernel path and the many-row path, eagerly and traced into one graph as the deployed decode compiles it, and
+    no activation kept after the forward pass."""
+    from gptqmodel import BACKEND, GPTQModel
+    from gptqmodel.adapter.adapter import Lora
+
+    from llmshrink import int4
+
+    path = eora_run[0]
+    model = GPTQModel.load(str(path), adapter=Lora(rank=EORA.rank, path=str(path / models.ADAPTER_DIR)), device="cpu",
+                           dtype=torch.bfloat16, backend=BACKEND.TORCH).model.eval()
+    int4.convert(model)
+    one, many = heldout[:1, :1], heldout[:1]
+    want_one, want_many = logits(model, one), logits(model, many)
+    layers = model.config.num_hidden_layers
+    assert int4.fuse(model) == 2 * layers
+    fused = [m for m in model.modules() if isinstance(m, int4.Fused)]
+    assert len(fused) == 2 * layers and all(m.linear.lora_A is not None for m in fused)
+    assert len(models.quantized_modules(model)) == 2 * layers + 2 * layers  # fused q/k/v, gate/up; o, down alone
+    assert relative_error(logits(model, many), want_many) < 1e-3
+    assert relative_error(logits(model, one), want_one) < 1e-3
+    traced = torch.compile(model.forward, backend="eager", fullgraph=True)
+    assert relative_error(traced(one).logits.float(), want_one) < 1e-3
+    assert all(m._output is None and m._input is None for m in fused)
+
+
 def test_tinygemm_refuses_layers_it_cannot_run() -> None:
     from types import SimpleNamespace
 
