@@ -119,9 +119,9 @@ TINYGEMM = "tinygemm"  # on a GPU, 4-bit checkpoints run on torch's int4 kernel 
 def _load_quantized(path: Path, dtype: str, on: torch.device) -> PreTrainedModel:
     """A GPTQ checkpoint through GPTQModel, with the EoRA adapter of `path/adapter` where there is one; the kernel
     is recorded as the model's `gptq_kernel` attribute. On a GPU, 4-bit checkpoints with contiguous groups of a
-    size tinygemm takes move onto tinygemm (`int4.convert`, then `int4.fuse`: q/k/v and gate/up one call each), the
-    kernel that decodes faster than bf16; others load with the first kernel of `GPU_KERNELS` that loads. On a CPU
-    GPTQModel's own choice, in bfloat16 where it has no float32 kernel for the checkpoint's bits."""
+    size tinygemm takes move onto tinygemm (`int4.convert`), the kernel that decodes faster than bf16; others
+    load with the first kernel of `GPU_KERNELS` that loads. On a CPU GPTQModel's own choice, in bfloat16 where
+    it has no float32 kernel for the checkpoint's bits."""
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")  # GPTQModel's CPU pool; its default fails on 2 cores
     from gptqmodel import BACKEND, GPTQModel
     from gptqmodel.adapter.adapter import Lora
@@ -143,7 +143,6 @@ def _load_quantized(path: Path, dtype: str, on: torch.device) -> PreTrainedModel
                                    backend=BACKEND("gptq_torch" if kernel == TINYGEMM else kernel)).model.eval()
             if kernel == TINYGEMM:
                 int4.convert(model)
-                int4.fuse(model)
                 from accelerate.hooks import remove_hook_from_module
 
                 remove_hook_from_module(model, recurse=True)  # GPTQModel's device hooks: one GPU, and they stop compile
