@@ -39,7 +39,7 @@ def round_to_nearest(w: torch.Tensor, importance: torch.Tensor, fmt: str) -> tor
     rule with the columns' `importance` (llama.cpp's quantizer, without GPTQ's error feedback)."""
     rows, cols = w.shape
     blocks = w.float().reshape(-1, BLOCK)
-    weight = importance.float().reshape(1, cols // BLOCK, BLOCK).expand(rows, -1, -1).reshape(-1, BLOCK)
+    weight = importance.to(w.device, torch.float32).reshape(1, cols // BLOCK, BLOCK).expand(rows, -1, -1).reshape(-1, BLOCK)
     d, m, lo, hi = BLOCK_RULES[fmt](blocks, weight)
     codes = round_to_grid(blocks, d.unsqueeze(1), m.unsqueeze(1), lo, hi)
     return (codes * d.unsqueeze(1) + m.unsqueeze(1)).reshape(rows, cols)

@@ -103,19 +103,19 @@ def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, fmt: str, damp: float =
     rule = BLOCK_RULES[fmt]
     w = w.float().clone()
     rows, cols = w.shape
-    h = hessian.double().clone()
+    h = hessian.to(w.device, torch.float64).clone()  # on the weight's device (a GPU's, where there is one)
     importance = torch.diag(h).float()  # each input's mean square (up to a factor): llama.cpp's importance matrix
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
-    h += damp * torch.diag(h).mean() * torch.eye(cols, dtype=h.dtype)
+    h += damp * torch.diag(h).mean() * torch.eye(cols, dtype=h.dtype, device=h.device)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
     codes = torch.zeros_like(w)
-    scales = torch.zeros(rows, cols // BLOCK)
-    minima = torch.zeros(rows, cols // BLOCK)
+    scales = w.new_zeros(rows, cols // BLOCK)
+    minima = w.new_zeros(rows, cols // BLOCK)
     for start in range(0, cols, block):
         end = min(start + block, cols)
-        w1, err1, hinv1 = w[:, start:end].clone(), torch.zeros(rows, end - start), hinv[start:end, start:end]
+        w1, err1, hinv1 = w[:, start:end].clone(), w.new_zeros(rows, end - start), hinv[start:end, start:end]
         for i in range(end - start):
             col = start + i
             if col % BLOCK == 0:  # the group's grid, from its weights as updated so far
@@ -211,8 +211,8 @@ def _quantize(m: torch.nn.Linear, hessian: torch.Tensor, fmt: str, damp: float) 
     if m.in_features % BLOCK:
         raise ValueError(f"gptq_gguf needs input widths divisible by {BLOCK}; a layer has {m.in_features}")
     codes, d, mins = gptq_columns(m.weight.data, hessian, fmt, damp)
-    m.weight.data = dequantize(codes, d, mins).to(m.weight.device, m.weight.dtype)
-    return codes, d, mins
+    m.weight.data = dequantize(codes, d, mins).to(m.weight.dtype)
+    return codes.cpu(), d.cpu(), mins.cpu()
 
 
 def _first(output: Any) -> torch.Tensor:
