@@ -119,10 +119,15 @@ def scratch(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def copy_tree(src: str | Path, dst: str | Path) -> None:
+    """Copy the folder `src` into `dst` as plain, writable files (DVC's linked outputs are read-only)."""
+    shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=shutil.copyfile)
+
+
 def copy_dir(src: str | Path, out: str | Path) -> None:
     """Copy the folder `src` (a checkpoint) to `out`, atomically."""
     with atomic_dir(out) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)  # writable: DVC links are read-only
+        copy_tree(src, tmp)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

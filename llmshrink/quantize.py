@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from transformers import AutoTokenizer
 
 from llmshrink import canonical, family, hardware, models, timing
-from llmshrink.atomic import atomic_dir, scratch
+from llmshrink.atomic import atomic_dir, copy_tree, scratch
 from llmshrink.calib import token_windows
 from llmshrink.params.gptq import Eora, Gptq
 
@@ -220,7 +219,7 @@ def eora(reference: str | Path, quantized: str | Path, out: str | Path, p: Eora,
     from gptqmodel.adapter.adapter import Lora
 
     with atomic_dir(out) as tmp, scratch(out):
-        shutil.copytree(quantized, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)  # writable copies
+        copy_tree(quantized, tmp)
         # GPTQModel torch.compiles the dequantization it calls once per layer here: eager is faster.
         with torch._dynamo.config.patch(disable=True), eigh_once():
             GPTQModel.adapter.generate(
