@@ -7,6 +7,7 @@ result is the median over rounds with its spread (min, max) and its ratio to the
 from __future__ import annotations
 
 import datetime
+import os
 import shlex
 import statistics
 import subprocess
@@ -117,8 +118,10 @@ def run(paths: dict[str, str | Path], dtype: str, rounds: int, prompt_tokens: in
     """Load every checkpoint of `paths` (name -> folder; the first is the baseline), then time them in `rounds`
     interleaved rounds after one warm-up each. Returns `{"machine", "settings", "checkpoints": {name: {...}}}`
     with tokens/s medians and spreads per batch size, ratios to the baseline, and peak memory: the most the GPU
-    allocated during its rounds, or on a CPU the resident bytes its loading added to the process."""
+    allocated during its rounds, or on a CPU the resident bytes its loading added to the process. The settings
+    record the machine's 1-minute load average at the start and the end: speeds measured under load mislead."""
     dev = hardware.device()
+    load_start = os.getloadavg()[0]
     loaded, memory = {}, {}
     proc = psutil.Process()
     for name, path in paths.items():
@@ -164,5 +167,6 @@ def run(paths: dict[str, str | Path], dtype: str, rounds: int, prompt_tokens: in
             record["decode_vs_base_compiled"] = record["decode_tok_s_compiled"] / out[base]["decode_tok_s_compiled"]
         record["dtype"] = str(next(loaded[name].parameters()).dtype).removeprefix("torch.")
     settings = {"device": hardware.name(dev), "dtype": dtype, "rounds": rounds, "prompt_tokens": prompt_tokens,
-                "new_tokens": new_tokens, "batch_sizes": batch_sizes, "baseline": base}
+                "new_tokens": new_tokens, "batch_sizes": batch_sizes, "baseline": base,
+                "load_average_1m": {"start": load_start, "end": os.getloadavg()[0], "cpus": os.cpu_count()}}
     return {"machine": hardware.machine(), "settings": settings, "checkpoints": out}

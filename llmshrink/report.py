@@ -1,5 +1,5 @@
 """Report: one row per checkpoint (quality with 95% intervals, size, side-by-side speed, ratios to base) and the
-paired difference of every quality metric against `base` and against the previous checkpoint, with its interval;
+paired difference of every quality metric against `base` and against the checkpoint it was made from, with its interval;
 differences whose interval contains 0 are marked not significant."""
 from __future__ import annotations
 
@@ -79,15 +79,23 @@ def paired(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> dict[str, tup
     return out
 
 
-def comparisons(items: dict[str, Any], baselines: list[str] = (), seed: int = 0) -> pd.DataFrame:
+def lineage(pairs: list[str]) -> dict[str, str]:
+    """`["export=lora", ...]` as {checkpoint: the checkpoint it is made from}."""
+    if bad := [p for p in pairs if p.count("=") != 1 or "" in p.split("=")]:
+        raise ValueError(f"--made_from {bad}: each must be CHECKPOINT=SOURCE, e.g. export=lora")
+    return dict(p.split("=") for p in pairs)
+
+
+def comparisons(items: dict[str, Any], baselines: list[str] = (), made_from: dict[str, str] | None = None,
+                seed: int = 0) -> pd.DataFrame:
     """Long table, per metric: difference, interval and whether the interval excludes 0, of each checkpoint
-    against `base`, against the checkpoint before it in the recipe (the checkpoints before the first baseline),
-    and, unless it is one, against each of the `baselines`."""
-    names = list(items)
+    against `base`, against its previous step in the recipe (the checkpoints before the first baseline): the one
+    it is made from (`made_from`), else the one before it; and, unless it is one, against each of the `baselines`."""
+    names, made_from = list(items), made_from or {}
     recipe = names[: min((names.index(b) for b in baselines if b in names), default=len(names))]
     rows = []
     for i, name in enumerate(names[1:], 1):
-        previous = [names[i - 1]] if name in recipe else []
+        previous = [made_from.get(name, names[i - 1])] if name in recipe else []
         against = dict.fromkeys(["base", *previous, *([] if name in baselines else baselines)])
         for ref in (r for r in against if r in items and r != name):
             for metric, (diff, (lo, hi)) in paired(items[name], items[ref], seed).items():

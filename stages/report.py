@@ -1,5 +1,5 @@
 """Stage report: every checkpoint's metrics (with intervals), its side-by-side speed and its paired differences
-against base and the previous checkpoint, into summary CSV / Markdown, a comparisons CSV and static plots."""
+against base and the checkpoint it was made from, into summary CSV / Markdown, a comparisons CSV and static plots."""
 import argparse
 import json
 from pathlib import Path
@@ -19,7 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="folder for summary.csv, summary.md, comparisons.csv and plots/report/, e.g. metrics")
     parser.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint names in pipeline order")
     parser.add_argument("--baselines", nargs="*", default=[], help="which of them are baselines of the untouched base")
+    parser.add_argument("--made_from", nargs="*", default=[], metavar="CHECKPOINT=SOURCE",
+                        help="the checkpoint each one is made from, its 'previous step' (default: the one listed before it)")
     args = parser.parse_args(argv)
+    made_from = report.lineage(args.made_from)
     seed, source = load_seed(), load(Model).source
     metrics, items = report.read(args.eval_dir, args.items_dir, args.checkpoints)
     if not metrics:
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     speed = json.loads(Path(args.benchmark).read_text(encoding="utf-8"))["checkpoints"]
     configs = {name: models.read_config(Path(args.models) / name) for name in metrics}
     cache_bytes, deployment = kv_cache.deployment(load(Kv), configs)
-    df, comp = report.summary(metrics, speed, cache_bytes), report.comparisons(items, args.baselines, seed)
+    df, comp = report.summary(metrics, speed, cache_bytes), report.comparisons(items, args.baselines, made_from, seed)
     out = Path(args.out_dir)
     report.write(df, comp, report.markdown(df, comp, metrics, args.baselines, source, deployment),
                  out / "summary.csv", out / "comparisons.csv", out / "summary.md")

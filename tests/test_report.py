@@ -128,7 +128,7 @@ def test_checkpoints_against_the_baselines_with_paired_kl() -> None:
                 "qa": {"exact_match": [1.0], "match": [1.0]}}
 
     items = {"base": item(0.0, 3.0), "export": item(0.1, 3.3), "kq": item(0.05, 3.1), "gg": item(0.02, 3.05)}
-    comp = report.comparisons(items, ["kq"])
+    comp = report.comparisons(items, ["kq"], seed=0)
     pairs = set(zip(comp["checkpoint"], comp["against"]))
     assert pairs == {("export", "base"), ("export", "kq"), ("kq", "base"), ("gg", "base"), ("gg", "kq")}
     kl = comp.set_index(["checkpoint", "against", "metric"]).loc[("gg", "kq", "kl_news")]
@@ -137,3 +137,15 @@ def test_checkpoints_against_the_baselines_with_paired_kl() -> None:
     lines = report.against_baselines(sizes, comp, ["kq"], ["kl_news", "ppl_news"])
     assert any(line.startswith("| gg | kq | 0.967 |") and line.endswith("| beats |") for line in lines)
     assert any(line.startswith("| export | kq | 1.333 |") and line.endswith("| kq better |") for line in lines)
+
+
+def test_previous_step_is_the_checkpoint_it_was_made_from() -> None:
+    """export is made from lora, not from eora listed before it: its 'previous step' is lora."""
+    item = lambda nll: {"perplexity": {"news": {"nll": [nll * 10 + i for i in range(4)], "tokens": [10] * 4}}}  # noqa: E731
+    items = {"base": item(3.0), "lora": item(3.1), "gptq": item(3.4), "eora": item(3.3), "export": item(3.2)}
+    made_from = report.lineage(["gptq=lora", "eora=gptq", "export=lora"])
+    pairs = set(zip(*(report.comparisons(items, [], made_from)[c] for c in ("checkpoint", "against"))))
+    assert ("export", "lora") in pairs and ("export", "eora") not in pairs and ("lora", "base") in pairs
+    assert ("export", "eora") in set(zip(*(report.comparisons(items)[c] for c in ("checkpoint", "against"))))
+    with pytest.raises(ValueError, match="CHECKPOINT=SOURCE"):
+        report.lineage(["export:lora"])
