@@ -141,7 +141,8 @@ def test_checkpoints_against_the_baselines_with_paired_kl() -> None:
 
 def test_previous_step_is_the_checkpoint_it_was_made_from() -> None:
     """export is made from lora, not from eora listed before it: its 'previous step' is lora."""
-    item = lambda nll: {"perplexity": {"news": {"nll": [nll * 10 + i for i in range(4)], "tokens": [10] * 4}}}  # noqa: E731
+    item = lambda nll: {"perplexity": {"news": {"nll": [nll * 10 + i for i in range(4)], "tokens": [10] * 4}},  # noqa: E731
+                        "qa": {"exact_match": [1.0], "match": [1.0]}}
     items = {"base": item(3.0), "lora": item(3.1), "gptq": item(3.4), "eora": item(3.3), "export": item(3.2)}
     made_from = report.lineage(["gptq=lora", "eora=gptq", "export=lora"])
     pairs = set(zip(*(report.comparisons(items, [], made_from)[c] for c in ("checkpoint", "against"))))
