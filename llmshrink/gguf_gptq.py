@@ -56,7 +56,8 @@ def _symmetric(levels: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor, i
 
     def rule(w: torch.Tensor, importance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         top = _signed_max(w).unsqueeze(1)
-        best, best_fit = _f16(top.squeeze(1) / -half), torch.full((w.shape[0],), -1.0)
+        best = _f16(top.squeeze(1) / -half)
+        best_fit = torch.full_like(best, -1.0)  # on w's device
         for step in range(-9, 10):
             d = top / -(half + 0.1 * step)
             safe = torch.where(d == 0, torch.ones_like(d), d)

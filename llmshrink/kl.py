@@ -51,7 +51,7 @@ class WindowKL:
 
     def __call__(self, i: int, log_probs: torch.Tensor) -> None:
         base, idx = self.ref["logprobs"][i], self.ref["indices"][i].long()
-        ours = log_probs.cpu().gather(-1, idx)
+        ours = log_probs.gather(-1, idx.to(log_probs.device)).cpu()  # k of the vocabulary's columns leave the GPU
         rest_p = (1 - base.exp().sum(-1)).clamp_min(1e-12)
         rest_q = (1 - ours.exp().sum(-1)).clamp_min(1e-12)
         kl = (base.exp() * (base - ours)).sum(-1) + rest_p * (rest_p.log() - rest_q.log())

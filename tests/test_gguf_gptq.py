@@ -35,6 +35,17 @@ def test_packed_blocks_dequantize_in_gguf_to_the_gptq_weights(fmt: str) -> None:
     np.testing.assert_array_equal(quants.dequantize(packed, qtype), ours)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gptq_and_rounding_stay_on_the_weights_device(fmt: str) -> None:
+    """On a GPU the weight is there and the Hessian / importance on the CPU: every tensor the algorithm makes
+    must follow the weight. The meta device stands in for the GPU (mixing it with the CPU raises, as CUDA does)."""
+    from llmshrink.allocate import round_to_nearest
+
+    w = torch.empty(64, 128, device="meta")
+    assert all(t.device == w.device for t in gptq_columns(w, torch.eye(128), fmt))
+    assert round_to_nearest(w, torch.rand(128), fmt).device == w.device
+
+
 @pytest.mark.parametrize("fmt", ["q4_0", "q4_1", "q5_0"])
 def test_gptq_has_less_output_error_than_llama_cpp_rounding(fmt: str) -> None:
     w, x = _problem()
