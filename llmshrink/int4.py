@@ -82,7 +82,7 @@ class Int4Linear(nn.Module):
     def concat(cls, layers: list[Int4Linear]) -> Int4Linear:
         """One layer computing the outputs of `layers` (same inputs and group size) side by side; their adapters,
         where any has one, as one adapter of the summed rank (A side by side, B block-diagonal)."""
-        if len({(m.in_features, m.group_size) for m in layers}) != 1:
+        if not concatenable(layers):
             raise ValueError("only layers of the same input width and group size concatenate")
         biases = [m.bias if m.bias is not None else m.scales_and_zeros.new_zeros(m.out_features) for m in layers]
         bias = torch.cat(biases) if any(m.bias is not None for m in layers) else None
@@ -153,6 +153,11 @@ def convert(model: nn.Module) -> int:
     return len(found)
 
 
+def concatenable(layers: list[nn.Module]) -> bool:
+    """Whether `layers` are `Int4Linear`s of one input width and group size (`Int4Linear.concat` takes them)."""
+    return all(isinstance(m, Int4Linear) for m in layers) and len({(m.in_features, m.group_size) for m in layers}) == 1
+
+
 FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # projections of one input, in calling order
 
 
@@ -171,7 +176,7 @@ class Fused(nn.Module):
         self._left = 0
 
     def part(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        if self._input is not x or self._left == 0:
+        if self._input is not x:
             self._input, self._output, self._left = x, self.linear(x), len(self.bounds) - 1
         out = self._output[..., self.bounds[index]:self.bounds[index + 1]]
         self._left -= 1
@@ -201,9 +206,7 @@ def fuse(model: nn.Module) -> int:
     for module in list(model.modules()):
         for names in FUSED:
             layers = [getattr(module, n, None) for n in names]
-            if not all(isinstance(m, Int4Linear) for m in layers):
-                continue
-            if len({(m.in_features, m.group_size) for m in layers}) != 1:
+            if not concatenable(layers):
                 continue
             fused = Fused(layers)
             module.add_module(f"fused_{names[0]}", fused)
