@@ -204,9 +204,9 @@ def main() -> None:
     env = {**os.environ, "LLMSHRINK_TIMINGS": str(timings),
            "PYTHONPATH": os.pathsep.join([str(ws), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
+    # stages in forks of the warm runner; --keep-going: a failed stage stops only the stages that depend on it
     repro = subprocess.Popen([sys.executable, "-m", "llmshrink.warm", "dvc", "repro", "--keep-going", *args.targets],
-                             cwd=ws, env=env, start_new_session=True)  # stages in forks of the warm runner; a failed
-    # stage stops only what depends on it
+                             cwd=ws, env=env, start_new_session=True)
     try:
         ok = repro.wait(timeout=args.timeout) == 0
     except subprocess.TimeoutExpired:  # the stage process too, so that it frees the GPU
